@@ -1,0 +1,95 @@
+"""Shared config pieces; experiment files in configs/ build on `base_config()`.
+
+Every field is documented here once. Configs are `ml_collections.ConfigDict`s loaded with
+`config_flags.DEFINE_config_file(..., lock_config=True)`, so `--config.lerning_rate=1` fails with the valid keys.
+"""
+import ml_collections
+
+
+def parse_arg(arg: str | None, **defaults):
+  """Parses a config argument string 'a=1,b=x,flag' into a ConfigDict with typed defaults.
+
+  Example: `--config=configs/avgn_synthetic.py:runlocal,steps=200`. A bare name sets a bool to True. Unknown
+  names raise a ValueError listing the valid ones.
+  """
+  result = ml_collections.ConfigDict(defaults)
+  for item in filter(None, (arg or "").split(",")):
+    key, _, value = item.partition("=")
+    key = key.strip()
+    if key not in defaults:
+      raise ValueError(f"Unknown config argument {key!r}; valid arguments: {sorted(defaults)}.")
+    kind = type(defaults[key])
+    if not _:
+      if kind is not bool:
+        raise ValueError(f"Config argument {key!r} needs a value ({key}=...).")
+      result[key] = True
+    elif kind is bool:
+      if value.lower() not in ("true", "false", "1", "0"):
+        raise ValueError(f"Config argument {key}={value!r} is not a bool.")
+      result[key] = value.lower() in ("true", "1")
+    else:
+      result[key] = kind(value)
+  return result
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Defaults shared by every experiment (the paper's AVGN recipe, spec/avgn.md §9)."""
+  config = ml_collections.ConfigDict()
+  config.seed = 0  # One base RNG: parameter init, data order, augmentation, DropPath.
+
+  # Model: a name from avl_jax.models.MODELS and its constructor arguments (num_classes comes from dataset).
+  config.model_name = "avgn"
+  config.model = ml_collections.ConfigDict(dict(
+      resnet_width=64,           # ResNet-18 base width (64 in the paper); both encoders
+      resnet_blocks=(2, 2, 2, 2),
+      dim=512,                   # token width D
+      depth_vis=3, depth_aud=3,  # AttnBlocks per ModalityTrans
+      num_heads=8,
+      mlp_ratio=4.0,
+      drop_path=0.1,
+      tau=0.03,                  # contrastive temperature (also the fixed-range map normalisation)
+      attn_assign="soft",        # 'soft' (paper README) | 'hard' (Gumbel straight-through)
+  ))
+
+  # Data: any dataset in the shared schema (avl_jax/datasets/schema.py).
+  config.dataset = ml_collections.ConfigDict(dict(
+      name="synthetic_av/default",    # TFDS name[/config]
+      data_dir=ml_collections.config_dict.placeholder(str),  # TFDS data_dir (None: TFDS default)
+      train_split="train",
+      eval_splits=("test_single", "test_duet"),
+      num_classes=8,
+      image_size=224,      # train crop / eval resize (square)
+      resize_size=246,     # train: short side resized to this before the random crop
+      sample_rate=16000,   # Hz; examples at another rate are an error
+      audio_seconds=3.0,   # centre window (tiled when shorter)
+      mix=True,            # training-time mixing with a partner of another class (multi-source train sets)
+      max_sources=2,       # eval: sources per example (padded)
+      max_boxes=10,        # eval: boxes per example (padded)
+      num_workers=2,       # grain worker processes (0: in-process)
+      worker_buffer_size=2,
+  ))
+
+  config.batch_size = 128       # global batch (split over devices and hosts)
+  config.eval_batch_size = 32   # global eval batch
+  config.num_train_steps = 10_000
+  config.optimizer = ml_collections.ConfigDict(dict(
+      learning_rate=1e-4,
+      schedule="constant",  # 'constant' (official) | 'cosine' (with linear warm-up)
+      warmup_steps=0,
+      b1=0.9, b2=0.999, eps=1e-8,
+      weight_decay=0.0,     # coupled L2 as in torch.optim.Adam
+      grad_clip_norm=0.0,   # 0: no clipping (official)
+  ))
+
+  config.mesh = (("data", -1),)   # (axis, size) pairs; -1 = all remaining devices
+  config.log_every_steps = 50
+  config.checkpoint_every_steps = 500
+  config.keep_checkpoints = 3
+  config.eval_every_steps = 0     # periodic evaluation during training; 0 = only at the end
+
+  config.eval = ml_collections.ConfigDict(dict(
+      protocol="official",   # metric protocol, spec/metrics.md §6: 'official' | 'standard'
+      num_visualize=16,      # examples drawn in the heat-map PNG grid
+      baselines=True,        # also score the centre-prior and uniform-random maps
+  ))
+  return config

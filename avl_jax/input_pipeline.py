@@ -1,0 +1,270 @@
+"""grain input pipelines over the shared TFDS schema (avl_jax/datasets/schema.py).
+
+Train: tfds.data_source (this host's shard) -> MapDataset -> seed -> shuffle -> repeat -> random_map(decode +
+augment) -> random_map(mix with a partner of another class) -> batch -> to_iter_dataset -> mp_prefetch.
+Eval:  the same source, deterministic decode, padded to a whole number of batches with a `mask`, so every
+example is scored exactly once on every host count.
+
+Hosts only decode JPEGs and slice waveforms; the spectrogram is computed in the jitted step (avl_jax/audio.py).
+Randomness comes only from grain's per-element generators, so a (seed, step) pair always yields the same batch
+and the iterator state checkpoints exactly.
+"""
+import dataclasses
+import io
+import logging as std_logging
+from typing import Any
+
+from absl import logging
+import grain
+import ml_collections
+import numpy as np
+from PIL import Image
+import tensorflow_datasets as tfds
+
+from avl_jax import datasets  # noqa: F401  (registers the TFDS builders)
+
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
+PAD_CLASS = -1
+
+
+class DataError(ValueError):
+  """An example that cannot be used, with the example id in the message."""
+
+
+def open_source(dataset_name: str, split: str, data_dir: str | None, *, per_process: bool = True):
+  """tfds ArrayRecord data source of (this process's shard of) a split, frames left JPEG-encoded."""
+  if per_process:
+    split = tfds.split_for_jax_process(split)
+  try:
+    return tfds.data_source(dataset_name, split=split, data_dir=data_dir, download=False,
+                            decoders={"frame": tfds.decode.SkipDecoding()})
+  except Exception as e:  # tfds raises several types for "not prepared"; re-raise with the fix.
+    raise FileNotFoundError(
+        f"Dataset {dataset_name!r} split {split!r} is not prepared in data_dir={data_dir!r} ({e}). Build it "
+        f"first, e.g. `python -m avl_jax.prepare --dataset={dataset_name} --data_dir=DIR`.") from e
+
+
+def _example_id(record: dict[str, Any]) -> str:
+  value = record.get("id", "?")
+  return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def decode_frame(record: dict[str, Any]) -> Image.Image:
+  try:
+    return Image.open(io.BytesIO(record["frame"])).convert("RGB")
+  except Exception as e:
+    raise DataError(f"Example {_example_id(record)}: cannot decode its JPEG frame ({e}).") from e
+
+
+def normalize_image(image: Image.Image) -> np.ndarray:
+  """PIL RGB -> [H, W, 3] float32, ImageNet-normalised."""
+  return (np.asarray(image, np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
+
+
+def audio_window(record: dict[str, Any], sample_rate: int, num_samples: int) -> np.ndarray:
+  """Centre window of `num_samples` int16 samples, tiled when the clip is shorter (spec/avgn.md §10)."""
+  rate = int(record["sample_rate"])
+  if rate != sample_rate:
+    raise DataError(f"Example {_example_id(record)}: sample rate {rate} Hz, the config expects "
+                    f"{sample_rate} Hz (prepare the dataset at the configured rate).")
+  wave = np.asarray(record["waveform"])
+  if wave.ndim != 1 or wave.size == 0:
+    raise DataError(f"Example {_example_id(record)}: empty or malformed waveform of shape {wave.shape}.")
+  if wave.size < num_samples:  # Official: the crop starts at 0, the clip is tiled and truncated.
+    return np.tile(wave, num_samples // wave.size + 1)[:num_samples]
+  start = (wave.size - num_samples) // 2
+  return wave[start:start + num_samples]
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+  """The parts of `config.dataset` the host-side transforms need (picklable for worker processes)."""
+  num_classes: int
+  image_size: int
+  resize_size: int
+  sample_rate: int
+  num_samples: int
+  max_sources: int
+  max_boxes: int
+
+  @classmethod
+  def from_config(cls, ds: ml_collections.ConfigDict) -> "DataConfig":
+    return cls(num_classes=ds.num_classes, image_size=ds.image_size, resize_size=ds.resize_size,
+               sample_rate=ds.sample_rate, num_samples=int(round(ds.audio_seconds * ds.sample_rate)),
+               max_sources=ds.max_sources, max_boxes=ds.max_boxes)
+
+
+def _primary_class(record: dict[str, Any], cfg: DataConfig) -> int:
+  classes = np.asarray(record["source_class"])
+  if classes.size == 0 or not 0 <= int(classes[0]) < cfg.num_classes:
+    raise DataError(f"Example {_example_id(record)}: source classes {classes.tolist()} are not valid ids "
+                    f"in [0, {cfg.num_classes}).")
+  return int(classes[0])
+
+
+class TrainDecode(grain.transforms.RandomMap):
+  """Decode + augment (spec/avgn.md §11): resize the short side, random crop, random horizontal flip."""
+
+  def __init__(self, cfg: DataConfig):
+    self.cfg = cfg
+
+  def random_map(self, record, rng: np.random.Generator):
+    cfg = self.cfg
+    image = decode_frame(record)
+    scale = cfg.resize_size / min(image.size)
+    size = (max(cfg.image_size, round(image.size[0] * scale)), max(cfg.image_size, round(image.size[1] * scale)))
+    image = image.resize(size, Image.BICUBIC)
+    left = int(rng.integers(0, size[0] - cfg.image_size + 1))
+    top = int(rng.integers(0, size[1] - cfg.image_size + 1))
+    image = image.crop((left, top, left + cfg.image_size, top + cfg.image_size))
+    if rng.random() < 0.5:
+      image = image.transpose(Image.FLIP_LEFT_RIGHT)
+    own_class = _primary_class(record, cfg)
+    return {
+        "image": normalize_image(image),
+        "waveform": audio_window(record, cfg.sample_rate, cfg.num_samples).astype(np.float32) / 32767.0,
+        "visual_class": np.int32(own_class),
+        "audio_label": np.eye(cfg.num_classes, dtype=np.float32)[own_class],
+    }
+
+
+class MixWithPartner(grain.transforms.RandomMap):
+  """Training-time mixing (spec/avgn.md §12): add the waveform of a random partner of a different class.
+
+  The partner is uniform over all training examples whose primary class differs (O(1) per draw from a
+  class-sorted index); the image stays the element's own frame; audio_label becomes own + partner.
+  """
+
+  def __init__(self, source, primary_classes: np.ndarray, cfg: DataConfig):
+    self.source = source
+    self.cfg = cfg
+    self.order = np.argsort(primary_classes, kind="stable")
+    counts = np.bincount(primary_classes, minlength=cfg.num_classes)
+    self.class_start = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    self.class_count = counts
+    if np.count_nonzero(counts) < 2:
+      raise DataError("Training-time mixing needs at least two classes in the training split; "
+                      f"found class counts {counts.tolist()}.")
+
+  def random_map(self, element, rng: np.random.Generator):
+    own = int(element["visual_class"])
+    start, count = self.class_start[own], self.class_count[own]
+    r = int(rng.integers(0, len(self.order) - count))
+    if r >= start:
+      r += count  # Skip the own-class block of the class-sorted index.
+    record = self.source[int(self.order[r])]
+    partner = audio_window(record, self.cfg.sample_rate, self.cfg.num_samples).astype(np.float32) / 32767.0
+    partner_class = _primary_class(record, self.cfg)
+    out = dict(element)
+    out["waveform"] = element["waveform"] + partner  # Raw sum, no rescaling (official behaviour).
+    out["audio_label"] = element["audio_label"] + np.eye(self.cfg.num_classes, dtype=np.float32)[partner_class]
+    return out
+
+
+def primary_classes(source, num_classes: int) -> np.ndarray:
+  """Primary (first-source) class of every record of `source` [N] int32 (one pass over the split)."""
+  cfg = DataConfig(num_classes, 1, 1, 1, 1, 1, 1)
+  return np.array([_primary_class(source[i], cfg) for i in range(len(source))], np.int32)
+
+
+def create_train_dataset(config: ml_collections.ConfigDict, per_host_batch: int, seed: int) -> grain.IterDataset:
+  """Infinite, shuffled, augmented (and mixed) per-host training batches.
+
+  Batches: image [b, S, S, 3] float32, waveform [b, N] float32 in [-2, 2], visual_class [b] int32,
+  audio_label [b, K] float32.
+  """
+  ds_config = config.dataset
+  cfg = DataConfig.from_config(ds_config)
+  source = open_source(ds_config.name, ds_config.train_split, ds_config.data_dir)
+  if len(source) == 0:
+    raise DataError(f"Split {ds_config.train_split!r} of {ds_config.name!r} is empty on this host.")
+  dataset = grain.MapDataset.source(source).seed(seed).shuffle().repeat()
+  dataset = dataset.random_map(TrainDecode(cfg))
+  if ds_config.mix:
+    classes = primary_classes(source, cfg.num_classes)
+    dataset = dataset.random_map(MixWithPartner(source, classes, cfg))
+  dataset = dataset.batch(per_host_batch, drop_remainder=True)
+  iter_dataset = dataset.to_iter_dataset()
+  if ds_config.num_workers > 0:
+    iter_dataset = iter_dataset.mp_prefetch(grain.MultiprocessingOptions(
+        num_workers=ds_config.num_workers, per_worker_buffer_size=ds_config.worker_buffer_size))
+  return iter_dataset
+
+
+class EvalDecode(grain.transforms.Map):
+  """Deterministic eval decode: resize to a square (spec/avgn.md §11), window the audio, pad the sources."""
+
+  def __init__(self, cfg: DataConfig, source, num_local: int):
+    self.cfg = cfg
+    self.source = source
+    self.num_local = num_local
+
+  def map(self, index):
+    cfg = self.cfg
+    index = int(index)
+    valid = index < self.num_local
+    # Padding elements repeat record 0 and carry mask 0: shapes stay static and nothing is counted twice.
+    record = self.source[index if valid else 0]
+    image = decode_frame(record).resize((cfg.image_size, cfg.image_size), Image.BICUBIC)
+    classes = np.asarray(record["source_class"], np.int32)
+    boxes = np.asarray(record["boxes"], np.float32).reshape(-1, 4)
+    box_source = np.asarray(record["box_source"], np.int32)
+    if classes.size > cfg.max_sources or boxes.shape[0] > cfg.max_boxes:
+      raise DataError(f"Example {_example_id(record)}: {classes.size} sources / {boxes.shape[0]} boxes exceed "
+                      f"max_sources={cfg.max_sources} / max_boxes={cfg.max_boxes}.")
+    if box_source.shape != (boxes.shape[0],) or np.any(box_source >= classes.size) or np.any(box_source < 0):
+      raise DataError(f"Example {_example_id(record)}: box_source {box_source.tolist()} does not index its "
+                      f"{classes.size} sources.")
+    source_class = np.full((cfg.max_sources,), PAD_CLASS, np.int32)
+    source_class[:classes.size] = classes
+    padded_boxes = np.full((cfg.max_boxes, 4), -1.0, np.float32)
+    padded_boxes[:boxes.shape[0]] = boxes
+    padded_box_source = np.full((cfg.max_boxes,), -1, np.int32)
+    padded_box_source[:boxes.shape[0]] = box_source
+    example_id = np.zeros((64,), np.uint8)  # Fixed-width bytes so ids survive batching.
+    raw_id = _example_id(record).encode()[:64]
+    example_id[:len(raw_id)] = np.frombuffer(raw_id, np.uint8)
+    return {
+        "image": normalize_image(image),
+        "image_uint8": np.asarray(image, np.uint8),
+        "waveform": audio_window(record, cfg.sample_rate, cfg.num_samples).astype(np.float32) / 32767.0,
+        "source_class": source_class,
+        "boxes": padded_boxes,
+        "box_source": padded_box_source,
+        "id": example_id,
+        "mask": np.float32(valid),
+    }
+
+
+def decode_ids(id_bytes: np.ndarray) -> list[str]:
+  """[b, 64] uint8 -> list of example ids."""
+  return [bytes(row).rstrip(b"\0").decode() for row in np.asarray(id_bytes)]
+
+
+@dataclasses.dataclass
+class EvalData:
+  dataset: grain.MapDataset
+  num_examples: int   # examples in the whole split (all hosts)
+  num_batches: int    # batches per host (equal on every host)
+
+
+def create_eval_dataset(config: ml_collections.ConfigDict, split: str, per_host_batch: int,
+                        num_processes: int) -> EvalData:
+  """Deterministic eval batches of this host's shard, padded with mask 0 to an equal number of batches."""
+  ds_config = config.dataset
+  cfg = DataConfig.from_config(ds_config)
+  source = open_source(ds_config.name, split, ds_config.data_dir)
+  total = len(open_source(ds_config.name, split, ds_config.data_dir, per_process=False))
+  if total == 0:
+    raise DataError(f"Eval split {split!r} of {ds_config.name!r} is empty.")
+  per_host = -(-total // num_processes)
+  num_batches = -(-per_host // per_host_batch)
+  dataset = grain.MapDataset.range(num_batches * per_host_batch).map(EvalDecode(cfg, source, len(source)))
+  dataset = dataset.batch(per_host_batch, drop_remainder=True)
+  return EvalData(dataset=dataset, num_examples=total, num_batches=num_batches)
+
+
+# grain logs every worker start at INFO; keep the training log readable.
+std_logging.getLogger("grain").setLevel(std_logging.WARNING)
+logging.vlog(1, "avl_jax.input_pipeline loaded")

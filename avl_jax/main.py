@@ -1,0 +1,44 @@
+r"""Training binary.
+
+  python -m avl_jax.main --config=configs/avgn_synthetic.py --workdir=/tmp/avgn
+
+Flags: --config (a config file, optionally `:arg` string; override any field with --config.FIELD=VALUE; an
+unknown field is an error), --distributed (multi-host), --workdir (checkpoints, TensorBoard logs, config.json and eval results; rerunning
+with the same workdir resumes from its latest checkpoint).
+"""
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
+from absl import logging  # noqa: E402
+import jax  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from avl_jax import train  # noqa: E402
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and eval results.")
+_DISTRIBUTED = flags.DEFINE_bool(
+    "distributed", False, "Call jax.distributed.initialize() first (multi-host TPU pods / GPU clusters).")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if _DISTRIBUTED.value:
+    jax.distributed.initialize()
+  # Keep TensorFlow (used only by TFDS/clu writers) off accelerators.
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  tf.config.set_visible_devices([], "GPU")
+  jax.config.update("jax_threefry_partitionable", True)
+  logging.info("JAX %s: process %d/%d, local devices %s.", jax.__version__, jax.process_index(),
+               jax.process_count(), jax.local_devices())
+  train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+  jax.config.config_with_absl()
+  app.run(main)

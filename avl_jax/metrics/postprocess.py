@@ -1,0 +1,275 @@
+"""Localization-map post-processing shared by the eval binary and the tests (spec/metrics.md §1).
+
+Axis letters: N maps, h/w raw map size (7x7 for AVGN), H/W output size (224x224).
+
+* `bicubic_matrix`, `upsample_bicubic`, `upsample_bicubic_jax`: PyTorch's
+  `F.interpolate(mode='bicubic')` (cubic-convolution A = -0.75, border taps clamped, no antialiasing).
+  Computed as a matrix product U = M_h S M_w^T: in float64 for float64 maps (~1e-15 from torch's float64
+  kernel); float32 maps get a float32 H pass, within a few ulps of torch's float32 kernel (which also
+  accumulates in float32).
+* `avgn_official`: AVGN `train.py validate` (§1.1) with its float32 arithmetic.
+* `tvsl_official`: T-VSL `validate_multi` (§1.2): min-max, inversion, fixed threshold 0.3.
+"""
+import functools
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+BICUBIC_A = -0.75
+# AVGN's evaluator hard-codes 224x224: conf averages the N/4 largest scores, thr is the ⌊N/2⌋-th sorted value.
+AVGN_OUT_HW = (224, 224)
+TVSL_THRESHOLD = 0.3
+
+
+def _cubic_coefficients(t: np.ndarray, a: float) -> np.ndarray:
+  """Returns the 4 tap weights [4, ...] for fractional offsets t, in t's dtype (torch's Horner forms)."""
+  dtype = t.dtype.type
+  a, one, two = dtype(a), dtype(1), dtype(2)
+
+  def near(x):  # |x| <= 1
+    return ((a + two) * x - (a + dtype(3))) * x * x + one
+
+  def far(x):  # 1 < |x| < 2
+    return ((a * x - dtype(5) * a) * x + dtype(8) * a) * x - dtype(4) * a
+
+  return np.stack([far(t + one), near(t), near(one - t), far(two - t)])
+
+
+def bicubic_taps(in_size: int, out_size: int, align_corners: bool = False, a: float = BICUBIC_A,
+                 dtype: Any = np.float64) -> tuple[np.ndarray, np.ndarray]:
+  """Source indices and weights of PyTorch's 1-D bicubic resampling.
+
+  Args:
+    in_size: input length.
+    out_size: output length.
+    align_corners: PyTorch's flag (False: src = (o + 0.5) * in / out - 0.5, unclamped).
+    a: cubic-convolution coefficient (PyTorch: -0.75).
+    dtype: arithmetic of the index and weight computation (torch uses the tensor's dtype).
+
+  Returns:
+    (indices [4, out_size] int64 clamped to [0, in_size - 1], weights [4, out_size] in `dtype`).
+  """
+  dtype = np.dtype(dtype).type
+  if align_corners:
+    scale = dtype(in_size - 1) / dtype(out_size - 1) if out_size > 1 else dtype(0)
+    src = scale * np.arange(out_size, dtype=dtype)
+  else:
+    scale = dtype(in_size) / dtype(out_size)
+    src = scale * (np.arange(out_size, dtype=dtype) + dtype(0.5)) - dtype(0.5)
+  floor = np.minimum(np.floor(src).astype(np.int64), in_size - 1)
+  t = np.clip(src - floor.astype(dtype), dtype(0), dtype(1))
+  weights = _cubic_coefficients(t, a)
+  indices = np.clip(floor[None, :] + np.arange(-1, 3)[:, None], 0, in_size - 1)
+  return indices, weights
+
+
+@functools.lru_cache(maxsize=64)
+def _bicubic_matrix_cached(in_size: int, out_size: int, align_corners: bool, a: float) -> np.ndarray:
+  indices, weights = bicubic_taps(in_size, out_size, align_corners, a, np.float64)
+  matrix = np.zeros((out_size, in_size), np.float64)
+  rows = np.broadcast_to(np.arange(out_size), indices.shape)
+  np.add.at(matrix, (rows, indices), weights)
+  matrix.setflags(write=False)
+  return matrix
+
+
+def bicubic_matrix(in_size: int, out_size: int, align_corners: bool = False,
+                   a: float = BICUBIC_A) -> np.ndarray:
+  """Returns M [out_size, in_size] float64 with M @ x = PyTorch bicubic resampling of x (clamped taps add up).
+
+  The returned array is cached and read-only.
+  """
+  return _bicubic_matrix_cached(int(in_size), int(out_size), bool(align_corners), float(a))
+
+
+def upsample_bicubic(maps: np.ndarray, out_hw: tuple[int, int], align_corners: bool = False) -> np.ndarray:
+  """PyTorch bicubic upsampling of the last two axes in NumPy: U = M_h S M_w^T.
+
+  Float64 input: computed in float64 (~1e-15 from torch's float64 kernel). Float32 (or narrower) input: the
+  small W pass in float64 rounded to float32, then the H pass as a float32 matrix product; torch's float32
+  kernel also accumulates in float32, and the two differ by a few float32 ulps (golden `avl_map_up` from
+  `Savl`: at most 2 ulps, 1.5e-5 at |values| < 74, the same as the float64 result rounded to float32).
+
+  Args:
+    maps: [..., h, w] float array.
+    out_hw: (H, W).
+    align_corners: PyTorch's flag.
+
+  Returns:
+    [..., H, W], float32 for float32 (or narrower) input, else float64.
+  """
+  maps = np.asarray(maps)
+  dtype = np.float32 if maps.dtype.itemsize <= 4 else np.float64
+  *lead, in_h, in_w = maps.shape
+  out_h, out_w = out_hw
+  m_h = bicubic_matrix(in_h, out_h, align_corners).astype(dtype)
+  m_w = bicubic_matrix(in_w, out_w, align_corners)
+  rows = (maps.reshape(-1, in_h, in_w).astype(np.float64) @ m_w.T).astype(dtype)  # [B, h, W]
+  # The H pass as many small GEMMs (blocks of <= 64 output rows): OpenBLAS runs those single-threaded,
+  # where one large GEMM would start its thread pool, whose spinning threads slow down the caller's
+  # own worker threads.
+  blocks = next(b for b in range(1, out_h + 1) if out_h % b == 0 and out_h // b <= 64)
+  out = np.matmul(m_h.reshape(blocks, out_h // blocks, in_h), rows[:, None])  # [B, blocks, H/blocks, W]
+  return out.reshape(*lead, out_h, out_w)
+
+
+def upsample_bicubic_jax(maps: jax.Array, out_hw: tuple[int, int], align_corners: bool = False) -> jax.Array:
+  """PyTorch bicubic upsampling of the last two axes in JAX (usable under jit; shapes are static).
+
+  Args:
+    maps: [..., h, w] float array.
+    out_hw: (H, W).
+    align_corners: PyTorch's flag.
+
+  Returns:
+    [..., H, W] in maps' dtype: M_h S M_w^T with the float64 matrices of `bicubic_matrix` cast to that dtype
+    and HIGHEST matmul precision (float32 result within float32 rounding of the NumPy version).
+  """
+  maps = jnp.asarray(maps)
+  m_h = jnp.asarray(bicubic_matrix(maps.shape[-2], out_hw[0], align_corners), maps.dtype)
+  m_w = jnp.asarray(bicubic_matrix(maps.shape[-1], out_hw[1], align_corners), maps.dtype)
+  return jnp.einsum("oh,...hw,pw->...op", m_h, maps, m_w, precision=jax.lax.Precision.HIGHEST)
+
+
+def minmax_normalize(values: np.ndarray) -> np.ndarray:
+  """Per-map min-max of [N, H, W] in values' dtype; maps with max == min are returned unchanged.
+
+  Same arithmetic as the official `utils.normalize_img`: (v - min) / (max - min).
+  """
+  values = np.asarray(values)
+  flat = values.reshape(values.shape[0], -1)
+  vmin = flat.min(axis=1, keepdims=True)
+  span = flat.max(axis=1, keepdims=True) - vmin
+  constant = span[:, 0] == 0
+  out = flat - vmin
+  out /= np.where(span == 0, values.dtype.type(1), span)
+  if constant.any():
+    out[constant] = flat[constant]
+  return out.reshape(values.shape)
+
+
+def avgn_scores(upsampled: np.ndarray, tau: float = 0.03) -> np.ndarray:
+  """Fixed-range scores (U + 1/tau) / (2/tau), not clipped, in float32 like the official numpy-2 code.
+
+  The official `min_max_norm(avl_map, -1/tau, 1/tau)` computes its constants in Python doubles that numpy 2
+  rounds to float32: scores = (U - f32(-1/tau)) / f32(1/tau - (-1/tau)) = (U + 33.333332f) / 66.666664f.
+  """
+  upsampled = np.asarray(upsampled, np.float32)
+  low, high = -1 / tau, 1 / tau
+  scores = upsampled - np.float32(low)
+  scores /= np.float32(high - low)
+  return scores
+
+
+def top_quarter_mean(scores: np.ndarray, pred: Optional[np.ndarray] = None,
+                     pred_cut: Optional[np.ndarray] = None) -> np.ndarray:
+  """conf [N] float32: mean of the ⌈HW/4⌉ largest values of each [N, H, W] score map.
+
+  Reproduces `np.sort(s.flatten())[-n//4:].mean()` bit for bit (the slice [-n//4:] is [(-n)//4:], the last
+  ⌈n/4⌉ values): the top quarter is sorted ascending and summed pairwise in float32 like numpy does along
+  a contiguous axis.
+
+  Args:
+    scores: [N, H, W] float32 scores.
+    pred: optional [N, H, W] maps that are a non-decreasing function of scores (the min-max pred).
+    pred_cut: [N] the ⌈HW/4⌉-th largest pred value of each map (with `pred`). Then the top quarter of scores
+      is the top of {scores where pred >= pred_cut} (a superset only by pred ties), which avoids a partition.
+
+  Returns:
+    [N] float32.
+  """
+  flat = scores.reshape(scores.shape[0], -1)
+  size = flat.shape[1]
+  count = -((-size) // 4)
+  if pred is None or pred_cut is None:
+    top = np.partition(flat, size - count, axis=1)[:, size - count:]
+  else:
+    selected = pred.reshape(flat.shape) >= np.asarray(pred_cut, pred.dtype)[:, None]
+    values = flat[selected]
+    if values.size == flat.shape[0] * count:  # No pred tie at any cut: exactly `count` per row.
+      top = values.reshape(len(flat), count)
+    else:
+      num_selected = np.count_nonzero(selected, axis=1)
+      ends = np.cumsum(num_selected)
+      top = np.stack([np.partition(values[e - k:e], k - count)[k - count:]
+                      for e, k in zip(ends, num_selected)])
+  top.sort(axis=1)
+  return top.mean(axis=1, dtype=np.float32)
+
+
+def median_threshold(pred: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """thr [N] = ascending-sorted pred at index ⌊0.5·HW⌋, and the number of pixels equal to it [N]."""
+  flat = pred.reshape(pred.shape[0], -1)
+  k = int(flat.shape[1] * 0.5)
+  thr = np.partition(flat, k, axis=1)[:, k]
+  n_ties = np.count_nonzero(flat == thr[:, None], axis=1)
+  return thr, n_ties
+
+
+def upsample_to(raw_maps: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
+  """[N, h, w] -> float32 [N, H, W]: bicubic upsampling, skipped for maps already at out_hw."""
+  raw_maps = np.asarray(raw_maps, np.float32)
+  if raw_maps.ndim != 3:
+    raise ValueError(f"raw_maps must be [N, h, w]; got shape {raw_maps.shape}.")
+  if tuple(raw_maps.shape[-2:]) == tuple(out_hw):
+    return raw_maps
+  return upsample_bicubic(raw_maps, out_hw, align_corners=False)
+
+
+def avgn_official(raw_maps: np.ndarray, tau: float = 0.03,
+                  out_hw: tuple[int, int] = AVGN_OUT_HW) -> dict[str, np.ndarray]:
+  """AVGN `validate` post-processing (spec/metrics.md §1.1), float32 throughout.
+
+  Args:
+    raw_maps: [N, h, w] localization logits (7x7 `Savl`), or maps already at out_hw (then used as the
+      upsampled map, e.g. the golden `avl_map_up`).
+    tau: the model temperature; only conf depends on it.
+    out_hw: evaluation resolution.
+
+  Returns:
+    dict with `upsampled` [N, H, W] float32 (bicubic, align_corners=False), `scores` [N, H, W] float32
+    (fixed-range, unclipped), `pred` [N, H, W] float32 (per-map min-max, unchanged if constant), `conf` [N]
+    float32 (top-quarter mean of scores), `thr` [N] float32 (median of pred, index ⌊0.5·HW⌋), `infer`
+    [N, H, W] bool (pred >= thr), `n_ties` [N] int64 (pixels equal to thr, all of them in infer).
+  """
+  upsampled = upsample_to(raw_maps, out_hw)
+  scores = avgn_scores(upsampled, tau)
+  pred = minmax_normalize(scores)
+  thr, n_ties = median_threshold(pred)
+  return {
+      "upsampled": upsampled, "scores": scores, "pred": pred, "conf": top_quarter_mean(scores),
+      "thr": thr, "infer": pred >= thr[:, None, None], "n_ties": n_ties.astype(np.int64),
+  }
+
+
+def tvsl_official(raw_maps: np.ndarray, out_hw: Optional[tuple[int, int]] = None,
+                  threshold: float = TVSL_THRESHOLD) -> dict[str, np.ndarray]:
+  """T-VSL `validate_multi` post-processing (spec/metrics.md §1.2), float32.
+
+  Args:
+    raw_maps: [N, h, w] maps (7x14 per source pair canvas), or maps already at out_hw.
+    out_hw: canvas size (default: 32x the raw size, i.e. 224x448 for 7x14).
+    threshold: fixed binarisation threshold of the inverted score (0.3 in the official scripts).
+
+  Returns:
+    dict with `upsampled` [N, H, W], `pred` [N, H, W] (min-max over the canvas, no constant-map guard: a
+    constant map gives NaN), `score` [N, H, W] = (max x - x) / (max x - min x) (the inversion), and
+    `infer` [N, H, W] bool = score >= threshold.
+  """
+  raw_maps = np.asarray(raw_maps, np.float32)
+  if out_hw is None:
+    out_hw = (32 * raw_maps.shape[-2], 32 * raw_maps.shape[-1])
+  if tuple(raw_maps.shape[-2:]) == tuple(out_hw):
+    upsampled = raw_maps
+  else:
+    upsampled = upsample_bicubic(raw_maps, out_hw, align_corners=False)
+  with np.errstate(invalid="ignore", divide="ignore"):
+    vmin = upsampled.min(axis=(-2, -1), keepdims=True)
+    vmax = upsampled.max(axis=(-2, -1), keepdims=True)
+    pred = (upsampled - vmin) / (vmax - vmin)
+    pmin = pred.min(axis=(-2, -1), keepdims=True)
+    pmax = pred.max(axis=(-2, -1), keepdims=True)
+    score = (pmax - pred) / (pmax - pmin)
+  return {"upsampled": upsampled, "pred": pred, "score": score, "infer": score >= np.float32(threshold)}

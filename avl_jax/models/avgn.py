@@ -1,0 +1,228 @@
+"""AVGN: audio-visual grouping network (CVPR 2023), as the official code computes it (spec avgn.md).
+
+Axis letters: B batch, S sources, C classes, L tokens, H/W image height/width, h/w feature-map
+height/width, F freq bins, T frames, D token width.
+
+image -> ResNet-18 -> img_proj -> L2 = img_feat [B, h, w, D]; spec -> ResNet-18 (max pool) -> aud_proj -> L2
+= aud_feat [B, D]. Learnable class tokens `av_token` [C, D] (zeros at init, shared by both branches) group
+the image tokens (xv [B, C, D]) and the audio token (xa [B, C, D]). The map of a source of class c is
+<img_feat, xa[:, c]> / tau; training uses the class of the visual source.
+"""
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from avl_jax.models import ezvsl
+from avl_jax.models import grouping
+from avl_jax.models import layers
+from avl_jax.models import transformer
+
+# GroupingBlock_Han of the official audio encoder: built with 10 group tokens, never called (spec §14).
+HAN_GROUP_TOKENS = 10
+# PyTorch's binary_cross_entropy clamps each log term at -100.
+BCE_LOG_CLAMP = -100.0
+
+
+def cross_entropy_with_arange(logits: jax.Array) -> jax.Array:
+  """CE(logits [N, N], arange N), mean over rows: the target of row i is column i."""
+  return -jnp.mean(jnp.diagonal(jax.nn.log_softmax(logits, axis=-1)))
+
+
+def binary_cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
+  """PyTorch BCE of sigmoid(logits) against targets, log terms clamped at -100, mean over all entries.
+
+  Computed from logits (log-sigmoid) so that gradients stay finite; this differs from PyTorch's
+  probability-based form only where the float32 sigmoid saturates (spec §8).
+  """
+  log_prob = jnp.maximum(jax.nn.log_sigmoid(logits), BCE_LOG_CLAMP)
+  log_not_prob = jnp.maximum(jax.nn.log_sigmoid(-logits), BCE_LOG_CLAMP)
+  return -jnp.mean(targets * log_prob + (1.0 - targets) * log_not_prob)
+
+
+class ModalityTransformer(nn.Module):
+  """The official `ModalityTrans`: AttnBlocks over [tokens, class tokens], then a GroupingBlock.
+
+  No positional embedding, no final norm. Sows `tokens_after_blocks` [B, L, D] and
+  `group_tokens_after_blocks` [B, C, D] to 'intermediates'.
+
+  Attributes:
+    depth: number of AttnBlocks.
+    num_heads: heads of the AttnBlocks and of the grouping cross attention.
+    mlp_ratio: MLP hidden / D.
+    drop_path: stochastic depth of every AttnBlock (constant, not a ramp).
+    hard_assign: hard (Gumbel, straight-through) assignment in the GroupingBlock.
+    with_han_params: also create the inert `han_encoder` parameters (official audio encoder layout).
+    dtype: computation dtype.
+  """
+  depth: int
+  num_heads: int
+  mlp_ratio: float = 4.0
+  drop_path: float = 0.1
+  hard_assign: bool = False
+  with_han_params: bool = False
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, tokens: jax.Array, class_tokens: jax.Array, *, train: bool) -> jax.Array:
+    """tokens [B, L, D] (L2-normalised), class_tokens [C, D] -> grouped class features [B, C, D]."""
+    batch, length, width = tokens.shape
+    class_tokens = jnp.broadcast_to(class_tokens.astype(self.dtype), (batch,) + class_tokens.shape)
+    sequence = jnp.concatenate([tokens.astype(self.dtype), class_tokens], axis=1)
+    for index in range(self.depth):
+      sequence = transformer.AttnBlock(
+          self.num_heads, self.mlp_ratio, self.drop_path, dtype=self.dtype, name=f'blocks_{index}')(
+              sequence, train=train)
+    tokens, class_tokens = sequence[:, :length], sequence[:, length:]
+    self.sow('intermediates', 'tokens_after_blocks', tokens)
+    self.sow('intermediates', 'group_tokens_after_blocks', class_tokens)
+    if self.with_han_params and self.is_initializing():
+      # Only materialises the dead branch's parameters so official checkpoints round-trip.
+      han_tokens = jnp.zeros((batch, HAN_GROUP_TOKENS, width), self.dtype)
+      grouping.GroupingBlock(self.num_heads, self.mlp_ratio, dtype=self.dtype, name='han_encoder')(
+          tokens, han_tokens, train=False)
+    return grouping.GroupingBlock(
+        self.num_heads, self.mlp_ratio, hard=self.hard_assign, dtype=self.dtype, name='grouping')(
+            tokens, class_tokens, train=train)
+
+
+class AVGN(ezvsl.DualEncoder):
+  """Audio-visual grouping network (spec avgn.md).
+
+  Attributes:
+    num_classes: C, number of class tokens.
+    resnet_width: base width of both ResNet-18s (64 = the paper); stages use w, 2w, 4w, 8w.
+    resnet_blocks: BasicBlocks per ResNet stage.
+    dim: token width D (img_proj / aud_proj map 8w -> D).
+    depth_vis: AttnBlocks of the visual ModalityTransformer.
+    depth_aud: AttnBlocks of the audio ModalityTransformer.
+    num_heads: attention heads (transformers and grouping).
+    mlp_ratio: MLP hidden / D.
+    drop_path: stochastic depth of every AttnBlock.
+    tau: temperature of the localization logits.
+    attn_assign: 'soft' or 'hard' (Gumbel, straight-through) class assignment.
+    with_han_params: create the inert `audio_encoder/han_encoder` parameters of the official checkpoint.
+    bn_momentum: Flax-convention BatchNorm momentum (0.9 = PyTorch 0.1).
+    torch_running_var: PyTorch-style unbiased running-variance update.
+    dtype: computation dtype.
+  """
+  num_classes: int
+  resnet_width: int = 64
+  resnet_blocks: Sequence[int] = (2, 2, 2, 2)
+  dim: int = 512
+  depth_vis: int = 3
+  depth_aud: int = 3
+  num_heads: int = 8
+  mlp_ratio: float = 4.0
+  drop_path: float = 0.1
+  tau: float = 0.03
+  attn_assign: str = 'soft'
+  with_han_params: bool = False
+  bn_momentum: float = 0.9
+  torch_running_var: bool = True
+  dtype: Any = jnp.float32
+
+  def setup(self):
+    if self.attn_assign not in ('soft', 'hard'):
+      raise ValueError(f"attn_assign must be 'soft' or 'hard', got {self.attn_assign!r}.")
+    self.setup_encoders()
+    self.av_token = self.param('av_token', nn.initializers.zeros, (self.num_classes, self.dim), jnp.float32)
+    hard = self.attn_assign == 'hard'
+    self.visual_encoder = ModalityTransformer(
+        self.depth_vis, self.num_heads, self.mlp_ratio, self.drop_path, hard_assign=hard, dtype=self.dtype)
+    self.audio_encoder = ModalityTransformer(
+        self.depth_aud, self.num_heads, self.mlp_ratio, self.drop_path, hard_assign=hard,
+        with_han_params=self.with_han_params, dtype=self.dtype)
+    self.fc_cls = layers.dense(self.num_classes, dtype=self.dtype)
+    self.fc_prob_a = layers.dense(1, dtype=self.dtype)
+    self.fc_prob_v = layers.dense(1, dtype=self.dtype)
+
+  def _audio_class_vectors(self, aud_feat: jax.Array, *, train: bool) -> jax.Array:
+    """aud_feat [B, D] -> xa [B, C, D] (float32): the audio token grouped into every class."""
+    return self.audio_encoder(aud_feat[:, None, :], self.av_token, train=train).astype(jnp.float32)
+
+  def __call__(self, image: jax.Array, spec: jax.Array, visual_class: jax.Array, audio_label: jax.Array,
+               *, train: bool) -> tuple[dict, dict]:
+    """Forward pass with all losses of spec §8.
+
+    Args:
+      image: [B, H, W, 3] ImageNet-normalised frames.
+      spec: [B, F, T, 1] scaled log spectrograms.
+      visual_class: [B] int class of the visual source; selects xa[b, class] and is the visual BCE target.
+      audio_label: [B, C] multi-hot classes audible in the mixture (audio BCE target).
+      train: batch-stat BatchNorm, DropPath ('dropout' RNG) and Gumbel noise ('gumbel' RNG, hard only).
+
+    Returns:
+      losses: scalars 'loss' (= loss_loc + loss_cls_token + loss_cls_pred), 'loss_loc', 'loss_cls_token',
+        'loss_cls_pred', 'loss_bce_v', 'loss_bce_a'.
+      outputs: 'map' [B, h, w] (S[b, b], no gradient), 'img_feat' [B, h, w, D], 'aud_feat' [B, D],
+        'xv' / 'xa' [B, C, D], 'aud_selected' [B, D], 'S_logits' [B, B, h, w], 'av_cls_logits' [C, C],
+        'logit_prob_v' / 'logit_prob_a' / 'prob_v' / 'prob_a' [B, C].
+    """
+    img_feat, aud_feat = self.encode(image, spec, train=train)
+    batch, height, width, dim = img_feat.shape
+    xv = self.visual_encoder(
+        img_feat.reshape(batch, height * width, dim), self.av_token, train=train).astype(jnp.float32)
+    xa = self._audio_class_vectors(aud_feat, train=train)
+
+    # The audio vector of the visual source's class, unnormalised (its norm is ~23 at init).
+    aud_selected = xa[jnp.arange(batch), visual_class]
+    logits = ezvsl.contrastive_logits(img_feat.astype(jnp.float32), aud_selected, self.tau)
+    loss_loc, pooled = ezvsl.max_xmil_loss(logits)
+    self.sow('intermediates', 'xmil_logits', pooled)
+
+    av_cls_logits = self.fc_cls(self.av_token).astype(jnp.float32)
+    loss_cls_token = cross_entropy_with_arange(av_cls_logits)
+
+    logit_prob_v = self.fc_prob_v(xv)[..., 0].astype(jnp.float32)
+    logit_prob_a = self.fc_prob_a(xa)[..., 0].astype(jnp.float32)
+    visual_target = jax.nn.one_hot(visual_class, self.num_classes, dtype=jnp.float32)
+    loss_bce_v = binary_cross_entropy(logit_prob_v, visual_target)
+    loss_bce_a = binary_cross_entropy(logit_prob_a, audio_label.astype(jnp.float32))
+    loss_cls_pred = loss_bce_v + loss_bce_a
+
+    losses = {
+        'loss': loss_loc + loss_cls_token + loss_cls_pred,
+        'loss_loc': loss_loc,
+        'loss_cls_token': loss_cls_token,
+        'loss_cls_pred': loss_cls_pred,
+        'loss_bce_v': loss_bce_v,
+        'loss_bce_a': loss_bce_a,
+    }
+    outputs = {
+        'map': ezvsl.diagonal_map(logits),
+        'img_feat': img_feat,
+        'aud_feat': aud_feat,
+        'xv': xv,
+        'xa': xa,
+        'aud_selected': aud_selected,
+        'S_logits': logits,
+        'av_cls_logits': av_cls_logits,
+        'logit_prob_v': logit_prob_v,
+        'logit_prob_a': logit_prob_a,
+        'prob_v': jax.nn.sigmoid(logit_prob_v),
+        'prob_a': jax.nn.sigmoid(logit_prob_a),
+    }
+    return losses, outputs
+
+  def localize(self, image: jax.Array, spec: jax.Array, class_ids: jax.Array, *,
+               train: bool = False) -> jax.Array:
+    """One map per source with that source's (ground-truth) class, the official multi-source evaluation.
+
+    The encoders run once; the visual grouping branch (losses only) is skipped.
+
+    Args:
+      image: [B, H, W, 3].
+      spec: [B, F, T, 1], the mixture spectrogram.
+      class_ids: [B, S] int class of each source; -1 marks padding (its map is valid but meaningless).
+      train: BatchNorm / DropPath mode (keep False for evaluation).
+
+    Returns:
+      raw localization logits [B, S, h, w] = <img_feat[b], xa[b, class_ids[b, s]]> / tau.
+    """
+    img_feat, aud_feat = self.encode(image, spec, train=train)
+    xa = self._audio_class_vectors(aud_feat, train=train)
+    safe_ids = jnp.clip(class_ids, 0, self.num_classes - 1)
+    source_vectors = jnp.take_along_axis(xa, safe_ids[..., None], axis=1)
+    return jnp.einsum('bhwd,bsd->bshw', img_feat.astype(jnp.float32), source_vectors) / self.tau

@@ -1,0 +1,166 @@
+"""EZ-VSL baseline and the audio-visual dual encoder that AVGN builds on.
+
+Axis letters: B batch, S sources, H/W image height/width, h/w feature-map height/width, F freq bins,
+T frames, D token width.
+
+Both encoders follow spec avgn.md §2: an ImageNet ResNet-18 whose 7x7 map goes through a 1x1 conv
+(`img_proj`) and a channel L2 norm, and a 1-channel ResNet-18 on the spectrogram with a global max pool, a
+Linear (`aud_proj`) and an L2 norm. Names mirror the official state dict (`imgnet`, `audnet`, `img_proj`,
+`aud_proj`).
+"""
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from avl_jax.models import layers
+from avl_jax.models import resnet
+
+
+def contrastive_logits(img_feat: jax.Array, audio_vectors: jax.Array, tau: float) -> jax.Array:
+  """S[n, m, h, w] = <img_feat[n, h, w], audio_vectors[m]> / tau.
+
+  Args:
+    img_feat: [B, h, w, D] image features.
+    audio_vectors: [B, D] one audio vector per sample.
+    tau: temperature.
+
+  Returns:
+    [B, B, h, w] logits of every image against every audio vector.
+  """
+  return jnp.einsum('nhwd,md->nmhw', img_feat, audio_vectors) / tau
+
+
+def max_xmil_loss(logits: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """EZ-VSL max-pooled multiple-instance contrastive loss (spec §8 L_loc).
+
+  Args:
+    logits: S [B, B, h, w] from `contrastive_logits`.
+
+  Returns:
+    (loss, pooled): CE(pooled, arange B) + CE(pooled^T, arange B), each averaged over B, and the
+    spatially max-pooled logits pooled [B, B] (row n = image n).
+  """
+  pooled = layers.max_over_axes(logits, (2, 3))
+  image_to_audio = -jnp.mean(jnp.diagonal(jax.nn.log_softmax(pooled, axis=1)))
+  audio_to_image = -jnp.mean(jnp.diagonal(jax.nn.log_softmax(pooled, axis=0)))
+  return image_to_audio + audio_to_image, pooled
+
+
+def diagonal_map(logits: jax.Array) -> jax.Array:
+  """The localization map of each sample against its own audio: S[b, b] [B, h, w], no gradient."""
+  batch = jnp.arange(logits.shape[0])
+  return jax.lax.stop_gradient(logits[batch, batch])
+
+
+class DualEncoder(nn.Module):
+  """Base class: the two ResNet-18 encoders with projections. Not a model by itself.
+
+  Subclasses declare the fields resnet_width, resnet_blocks, dim, bn_momentum, torch_running_var, dtype,
+  and call `setup_encoders()` from `setup()`.
+  """
+
+  def setup_encoders(self) -> None:
+    """Creates `imgnet`, `audnet`, `img_proj`, `aud_proj` with the init of spec §5."""
+    self.imgnet = resnet.ResNet(
+        width=self.resnet_width, blocks=tuple(self.resnet_blocks), bn_momentum=self.bn_momentum,
+        torch_running_var=self.torch_running_var, dtype=self.dtype)
+    self.audnet = resnet.ResNet(
+        width=self.resnet_width, blocks=tuple(self.resnet_blocks), global_max_pool=True,
+        bn_scale_init=layers.normal_around_one(0.02), bn_momentum=self.bn_momentum,
+        torch_running_var=self.torch_running_var, dtype=self.dtype)
+    backbone_width = self.resnet_width * 2**(len(self.resnet_blocks) - 1)
+    # The official re-init leaves the conv bias at PyTorch's default U(+-1/sqrt(fan_in)).
+    self.img_proj = nn.Conv(
+        self.dim, (1, 1), kernel_init=layers.kaiming_fan_out_normal,
+        bias_init=layers.torch_default_bias_init(backbone_width), dtype=self.dtype)
+    self.aud_proj = layers.dense(self.dim, dtype=self.dtype)
+
+  def encode(self, image: jax.Array, spec: jax.Array, *, train: bool) -> tuple[jax.Array, jax.Array]:
+    """Runs both encoders.
+
+    Args:
+      image: [B, H, W, 3] ImageNet-normalised frames.
+      spec: [B, F, T, 1] scaled log spectrograms.
+      train: batch statistics (train) or running statistics (eval) in the BatchNorms.
+
+    Returns:
+      img_feat [B, h, w, D] and aud_feat [B, D], both L2-normalised over D.
+    """
+    img_backbone = self.imgnet(image.astype(self.dtype), train=train)
+    self.sow('intermediates', 'img_backbone', img_backbone)
+    img_proj = self.img_proj(img_backbone)
+    self.sow('intermediates', 'img_projected', img_proj)
+    aud_backbone = self.audnet(spec.astype(self.dtype), train=train)
+    self.sow('intermediates', 'aud_backbone', aud_backbone)
+    aud_proj = self.aud_proj(aud_backbone)
+    self.sow('intermediates', 'aud_projected', aud_proj)
+    return layers.l2_normalize(img_proj), layers.l2_normalize(aud_proj)
+
+
+class EZVSL(DualEncoder):
+  """EZ-VSL: map = <img_feat, aud_feat> / tau, trained with the max-pooled cross-modal contrastive loss.
+
+  Attributes:
+    num_classes: accepted for a uniform model interface; unused.
+    resnet_width: base width of both ResNet-18s (64 = the paper).
+    resnet_blocks: BasicBlocks per ResNet stage.
+    dim: embedding width D.
+    tau: temperature.
+    bn_momentum: Flax-convention BatchNorm momentum (0.9 = PyTorch 0.1).
+    torch_running_var: PyTorch-style unbiased running-variance update.
+    dtype: computation dtype.
+  """
+  num_classes: int = 0
+  resnet_width: int = 64
+  resnet_blocks: Sequence[int] = (2, 2, 2, 2)
+  dim: int = 512
+  tau: float = 0.03
+  bn_momentum: float = 0.9
+  torch_running_var: bool = True
+  dtype: Any = jnp.float32
+
+  def setup(self):
+    self.setup_encoders()
+
+  def __call__(self, image: jax.Array, spec: jax.Array, visual_class: jax.Array | None = None,
+               audio_label: jax.Array | None = None, *, train: bool) -> tuple[dict, dict]:
+    """Forward pass and loss; visual_class / audio_label are ignored (EZ-VSL uses no labels).
+
+    Args:
+      image: [B, H, W, 3].
+      spec: [B, F, T, 1].
+      visual_class: ignored.
+      audio_label: ignored.
+      train: training mode (BatchNorm batch statistics).
+
+    Returns:
+      losses {'loss', 'loss_loc'} (scalars) and outputs {'map' [B, h, w], 'img_feat' [B, h, w, D],
+      'aud_feat' [B, D], 'S_logits' [B, B, h, w]}.
+    """
+    del visual_class, audio_label
+    img_feat, aud_feat = self.encode(image, spec, train=train)
+    logits = contrastive_logits(img_feat.astype(jnp.float32), aud_feat.astype(jnp.float32), self.tau)
+    loss_loc, pooled = max_xmil_loss(logits)
+    self.sow('intermediates', 'xmil_logits', pooled)
+    losses = {'loss': loss_loc, 'loss_loc': loss_loc}
+    outputs = {'map': diagonal_map(logits), 'img_feat': img_feat, 'aud_feat': aud_feat, 'S_logits': logits}
+    return losses, outputs
+
+  def localize(self, image: jax.Array, spec: jax.Array, class_ids: jax.Array, *,
+               train: bool = False) -> jax.Array:
+    """Class-agnostic maps: the same <img_feat, aud_feat> / tau for every source.
+
+    Args:
+      image: [B, H, W, 3].
+      spec: [B, F, T, 1].
+      class_ids: [B, S]; only S is used.
+      train: BatchNorm mode (keep False for evaluation).
+
+    Returns:
+      raw localization logits [B, S, h, w].
+    """
+    img_feat, aud_feat = self.encode(image, spec, train=train)
+    maps = jnp.einsum('bhwd,bd->bhw', img_feat.astype(jnp.float32), aud_feat.astype(jnp.float32)) / self.tau
+    return jnp.broadcast_to(maps[:, None], (maps.shape[0], class_ids.shape[1]) + maps.shape[1:])

@@ -1,0 +1,168 @@
+"""Layers shared by the avl_jax models, numerically matched to their PyTorch counterparts.
+
+Axis letters: B batch, H height, W width, L tokens, D channels/width.
+
+Flax defaults differ from PyTorch in several places that change numbers (spec avgn.md §15): LayerNorm eps
+(1e-6 vs 1e-5), GELU (tanh vs erf), BatchNorm's running variance (biased vs unbiased) and truncated-normal
+initialisers (cut at 2 sigma vs an absolute 2). Everything here uses the PyTorch behaviour.
+"""
+import math
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Initializer = Callable[..., jax.Array]
+
+LAYER_NORM_EPS = 1e-5
+BATCH_NORM_EPS = 1e-5
+L2_NORM_EPS = 1e-12
+# PyTorch's timm-style trunc_normal_(std=0.02) cuts at an absolute +-2, i.e. at 100 sigma: a plain normal.
+DENSE_INIT_STD = 0.02
+
+# torchvision's ResNet init and the official AVGN audio-net init: N(0, 2 / (out * kh * kw)), untruncated.
+kaiming_fan_out_normal: Initializer = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
+dense_kernel_init: Initializer = nn.initializers.normal(DENSE_INIT_STD)
+
+
+def normal_around_one(std: float) -> Initializer:
+  """Initialiser N(1, std^2), used for the audio ResNet's BatchNorm scales (spec §5)."""
+
+  def init(key: jax.Array, shape, dtype=jnp.float32) -> jax.Array:
+    return 1.0 + std * jax.random.normal(key, shape, dtype)
+
+  return init
+
+
+def torch_default_bias_init(fan_in: int) -> Initializer:
+  """PyTorch's default Conv/Linear bias init U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+  bound = 1.0 / math.sqrt(fan_in)
+
+  def init(key: jax.Array, shape, dtype=jnp.float32) -> jax.Array:
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+  return init
+
+
+def dense(features: int, *, name: str | None = None, dtype: Any = jnp.float32) -> nn.Dense:
+  """A Linear layer with the transformer init of spec §5 step 3: weight N(0, 0.02^2), bias 0."""
+  return nn.Dense(
+      features, dtype=dtype, kernel_init=dense_kernel_init, bias_init=nn.initializers.zeros, name=name)
+
+
+def layer_norm(*, name: str, dtype: Any = jnp.float32) -> nn.LayerNorm:
+  """PyTorch nn.LayerNorm: eps 1e-5, affine, scale 1 and bias 0 at init."""
+  return nn.LayerNorm(epsilon=LAYER_NORM_EPS, dtype=dtype, name=name)
+
+
+def gelu(x: jax.Array) -> jax.Array:
+  """Exact (erf) GELU, PyTorch's nn.GELU default."""
+  return jax.nn.gelu(x, approximate=False)
+
+
+def l2_normalize(x: jax.Array, axis: int = -1) -> jax.Array:
+  """PyTorch F.normalize: x / max(||x||_2, 1e-12) along `axis`; same shape as x."""
+  norm = jnp.linalg.norm(x, axis=axis, keepdims=True)
+  return x / jnp.maximum(norm, L2_NORM_EPS)
+
+
+class BatchNorm(nn.Module):
+  """BatchNorm2d over the last axis with PyTorch's semantics.
+
+  Train: normalises with the biased batch variance; the running variance is updated with the unbiased one
+  (x n/(n-1)) when `torch_running_var` (PyTorch), with the biased one otherwise (Flax). Eval: running stats.
+  Statistics are reduced over every axis but the last of the array this call sees; under `jit` on a
+  sharded global batch that is the global batch (a SyncBN), where the official code used per-GPU stats.
+
+  Attributes:
+    momentum: Flax convention, running = momentum * running + (1 - momentum) * batch (0.9 = PyTorch 0.1).
+    epsilon: added to the variance.
+    torch_running_var: update the running variance with the unbiased batch variance.
+    scale_init: initialiser of the affine scale (PyTorch default: ones).
+    dtype: output dtype; the statistics are always computed in float32.
+  """
+  momentum: float = 0.9
+  epsilon: float = BATCH_NORM_EPS
+  torch_running_var: bool = True
+  scale_init: Initializer = nn.initializers.ones
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    """Normalises x [..., D]; returns the same shape."""
+    features = x.shape[-1]
+    scale = self.param('scale', self.scale_init, (features,), jnp.float32)
+    bias = self.param('bias', nn.initializers.zeros, (features,), jnp.float32)
+    running_mean = self.variable('batch_stats', 'mean', jnp.zeros, (features,), jnp.float32)
+    running_var = self.variable('batch_stats', 'var', jnp.ones, (features,), jnp.float32)
+
+    x = x.astype(jnp.float32)
+    if train:
+      reduce_axes = tuple(range(x.ndim - 1))
+      mean = jnp.mean(x, axis=reduce_axes)
+      var = jnp.mean(jnp.square(x - mean), axis=reduce_axes)
+      if not self.is_initializing():
+        count = math.prod(x.shape[:-1])
+        update_var = var * (count / max(count - 1, 1)) if self.torch_running_var else var
+        running_mean.value = self.momentum * running_mean.value + (1.0 - self.momentum) * mean
+        running_var.value = self.momentum * running_var.value + (1.0 - self.momentum) * update_var
+    else:
+      mean, var = running_mean.value, running_var.value
+    y = (x - mean) * (scale * jax.lax.rsqrt(var + self.epsilon)) + bias
+    return y.astype(self.dtype)
+
+
+class DropPath(nn.Module):
+  """Stochastic depth: drops the whole residual branch per sample (timm DropPath).
+
+  Train: keeps each sample with probability 1 - rate and scales kept ones by 1 / (1 - rate); needs the
+  'dropout' RNG stream. Eval: identity.
+  """
+  rate: float
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    """x [B, ...] -> same shape."""
+    if not train or self.rate == 0.0:
+      return x
+    keep_prob = 1.0 - self.rate
+    mask_shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+    keep = jax.random.bernoulli(self.make_rng('dropout'), keep_prob, mask_shape)
+    return jnp.where(keep, x / keep_prob, jnp.zeros_like(x))
+
+
+class Mlp(nn.Module):
+  """fc1 -> exact GELU -> fc2 over the last axis (timm Mlp, dropouts 0).
+
+  Attributes:
+    hidden_features: width of fc1.
+    out_features: width of fc2; defaults to the input width.
+    dtype: computation dtype.
+  """
+  hidden_features: int
+  out_features: int | None = None
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """x [..., D_in] -> [..., out_features or D_in]."""
+    out_features = self.out_features or x.shape[-1]
+    hidden = gelu(dense(self.hidden_features, name='fc1', dtype=self.dtype)(x))
+    return dense(out_features, name='fc2', dtype=self.dtype)(hidden)
+
+
+def max_over_axes(x: jax.Array, axes: tuple[int, ...]) -> jax.Array:
+  """max of x over `axes`, whose gradient goes to the first maximal element only (PyTorch's max-pool backward).
+
+  Written as a sum against a stop-gradient one-hot of the argmax: the forward value is exactly the max, and it
+  sidesteps `jnp.max`'s tie-splitting gradient, which under jit on a batch-sharded array with train-mode
+  BatchNorm gave gradients differing by up to 100% from the 1-device result (XLA:CPU, jax 0.10.2, measured
+  on 8 fake devices); this form agrees to 1e-5.
+  """
+  axes = tuple(a % x.ndim for a in axes)
+  kept = [a for a in range(x.ndim) if a not in axes]
+  moved = jnp.transpose(x, kept + list(axes))
+  flat = moved.reshape(moved.shape[:len(kept)] + (-1,))
+  one_hot = jax.nn.one_hot(jnp.argmax(flat, axis=-1), flat.shape[-1], dtype=x.dtype)
+  return jnp.sum(flat * jax.lax.stop_gradient(one_hot), axis=-1)

@@ -1,0 +1,66 @@
+"""Device mesh and shardings from the config.
+
+`config.mesh` is a tuple of (axis_name, size) pairs, e.g. (('data', -1),); one size may be -1 (all remaining
+devices). The batch is split over the 'data' axis; parameters are replicated (AVGN-sized models fit on every
+device). Hosts feed their local shard and `host_to_global` assembles global arrays.
+"""
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import numpy as np
+from jax.experimental import mesh_utils
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+DATA_AXIS = "data"
+
+
+def create_mesh(mesh_axes: Sequence[tuple[str, int]], devices: Sequence[jax.Device] | None = None) -> Mesh:
+  """Builds a Mesh from (name, size) pairs; a single -1 size takes the remaining devices."""
+  devices = list(devices if devices is not None else jax.devices())
+  names = tuple(name for name, _ in mesh_axes)
+  if DATA_AXIS not in names:
+    raise ValueError(f"config.mesh must contain a {DATA_AXIS!r} axis, got {tuple(mesh_axes)}.")
+  sizes = [int(size) for _, size in mesh_axes]
+  if sizes.count(-1) > 1:
+    raise ValueError(f"At most one mesh axis may have size -1, got {tuple(mesh_axes)}.")
+  known = int(np.prod([s for s in sizes if s != -1]))
+  if -1 in sizes:
+    if len(devices) % known:
+      raise ValueError(f"{len(devices)} devices cannot be split into mesh {tuple(mesh_axes)}.")
+    sizes[sizes.index(-1)] = len(devices) // known
+  if int(np.prod(sizes)) != len(devices):
+    raise ValueError(f"Mesh {tuple(zip(names, sizes))} needs {int(np.prod(sizes))} devices, "
+                     f"{len(devices)} are available.")
+  device_array = mesh_utils.create_device_mesh(sizes, devices=devices)
+  return Mesh(device_array, names)
+
+
+def data_sharding(mesh: Mesh) -> NamedSharding:
+  """Leading (batch) axis split over 'data'."""
+  return NamedSharding(mesh, P(DATA_AXIS))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def data_parallel_size(mesh: Mesh) -> int:
+  return mesh.shape[DATA_AXIS]
+
+
+def per_host_batch_size(global_batch: int, mesh: Mesh) -> int:
+  """Checks that the global batch splits evenly over devices and hosts; returns this host's share."""
+  devices = data_parallel_size(mesh)
+  if global_batch % devices:
+    raise ValueError(f"config.batch_size={global_batch} is not divisible by the {devices} devices of the "
+                     f"'data' mesh axis.")
+  if global_batch % jax.process_count():
+    raise ValueError(f"config.batch_size={global_batch} is not divisible by {jax.process_count()} processes.")
+  return global_batch // jax.process_count()
+
+
+def host_to_global(batch: dict[str, Any], mesh: Mesh) -> dict[str, jax.Array]:
+  """This host's numpy batch -> global jax.Arrays sharded over 'data'."""
+  sharding = data_sharding(mesh)
+  return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), batch)

@@ -1,0 +1,252 @@
+"""The training loop, top to bottom: mesh -> data -> model/optimizer -> sharded state -> step -> restore -> loop.
+
+Resume order: the workdir's own latest checkpoint -> (later: config.resume_from / config.init_from) -> scratch.
+"""
+import functools
+import json
+import os
+from typing import Any
+
+from absl import logging
+from clu import metric_writers
+from clu import metrics as clu_metrics
+from clu import parameter_overview
+from clu import periodic_actions
+import flax
+import flax.struct
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from avl_jax import audio
+from avl_jax import checkpointing
+from avl_jax import eval_lib
+from avl_jax import input_pipeline
+from avl_jax import models
+from avl_jax import sharding
+
+
+class NonFiniteLossError(FloatingPointError):
+  """Raised when the training loss is NaN or Inf; the last good checkpoint is left untouched."""
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+  rng: jax.Array  # raw uint32 key; per-step keys are fold_in(rng, step)
+
+  @property
+  def variables(self) -> dict[str, Any]:
+    return {"params": self.params, "batch_stats": self.batch_stats}
+
+
+# ---------------------------------------------------------------------------------------------- model / optimizer
+
+def create_model(config: ml_collections.ConfigDict):
+  return models.get_model(config.model_name, num_classes=config.dataset.num_classes, **config.model.to_dict())
+
+
+def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
+  opt = config.optimizer
+  if opt.schedule == "constant":
+    return optax.constant_schedule(opt.learning_rate)
+  if opt.schedule == "cosine":
+    return optax.warmup_cosine_decay_schedule(
+        init_value=0.0, peak_value=opt.learning_rate, warmup_steps=opt.warmup_steps,
+        decay_steps=max(config.num_train_steps, opt.warmup_steps + 1))
+  raise ValueError(f"config.optimizer.schedule={opt.schedule!r}; expected 'constant' or 'cosine'.")
+
+
+def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  """Adam as torch.optim.Adam (coupled L2 weight decay), optional global-norm clipping."""
+  opt = config.optimizer
+  chain = []
+  if opt.grad_clip_norm > 0:
+    chain.append(optax.clip_by_global_norm(opt.grad_clip_norm))
+  if opt.weight_decay > 0:
+    chain.append(optax.add_decayed_weights(opt.weight_decay))
+  chain.append(optax.scale_by_adam(b1=opt.b1, b2=opt.b2, eps=opt.eps))
+  chain.append(optax.scale_by_learning_rate(learning_rate_schedule(config)))
+  return optax.chain(*chain)
+
+
+def dummy_inputs(config: ml_collections.ConfigDict, batch: int):
+  ds = config.dataset
+  num_samples = int(round(ds.audio_seconds * ds.sample_rate))
+  return dict(
+      image=jnp.zeros((batch, ds.image_size, ds.image_size, 3), jnp.float32),
+      spec=jnp.zeros((batch, 257, audio.num_frames(num_samples), 1), jnp.float32),
+      visual_class=jnp.zeros((batch,), jnp.int32),
+      audio_label=jnp.zeros((batch, ds.num_classes), jnp.float32))
+
+
+def init_state(config: ml_collections.ConfigDict, model, tx, rng: jax.Array) -> TrainState:
+  init_rng, state_rng = jax.random.split(rng)
+  # Parameter init draws from an 'rbg' key: XLA compiles hundreds of threefry initialisers very slowly on CPU
+  # (a tiny AVGN's init: ~77 s vs ~16 s). Init is replicated, so the values do not depend on the mesh.
+  init_key = jax.random.key(jax.random.randint(init_rng, (), 0, jnp.iinfo(jnp.int32).max), impl="rbg")
+  variables = model.init({"params": init_key}, **dummy_inputs(config, 2), train=False)
+  params = variables["params"]
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                    batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params), rng=state_rng)
+
+
+# ------------------------------------------------------------------------------------------------------- step
+
+def spectrogram(config: ml_collections.ConfigDict, waveform: jax.Array) -> jax.Array:
+  return audio.avgn_log_spectrogram(waveform, config.dataset.sample_rate)
+
+
+def train_step(state: TrainState, batch: dict[str, jax.Array], *, model, tx, config) -> tuple[TrainState, dict]:
+  """One optimizer step on a global batch; returns the new state and scalar metrics."""
+  rng = jax.random.fold_in(state.rng, state.step)
+  dropout_rng, gumbel_rng = jax.random.split(rng)
+  spec = spectrogram(config, batch["waveform"])
+
+  def loss_fn(params):
+    (losses, _), new_model_state = model.apply(
+        {"params": params, "batch_stats": state.batch_stats}, batch["image"], spec, batch["visual_class"],
+        batch["audio_label"], train=True, rngs={"dropout": dropout_rng, "gumbel": gumbel_rng},
+        mutable=["batch_stats"])
+    return losses["loss"], (losses, new_model_state)
+
+  grads, (losses, new_model_state) = jax.grad(loss_fn, has_aux=True)(state.params)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  metrics = dict(losses)
+  metrics["grad_norm"] = optax.global_norm(grads)
+  metrics["param_norm"] = optax.global_norm(params)
+  metrics["learning_rate"] = learning_rate_schedule(config)(state.step)
+  new_state = state.replace(step=state.step + 1, params=params,
+                            batch_stats=new_model_state.get("batch_stats", state.batch_stats), opt_state=opt_state)
+  return new_state, metrics
+
+
+def make_metrics_collection(metric_names):
+  return clu_metrics.Collection.create(**{name: clu_metrics.Average.from_output(name) for name in metric_names})
+
+
+# ------------------------------------------------------------------------------------------------------- loop
+
+def build(config: ml_collections.ConfigDict, mesh):
+  """Model, optimizer, abstract sharded state and the jitted train step for `config` on `mesh`."""
+  model = create_model(config)
+  tx = create_optimizer(config)
+  init_fn = functools.partial(init_state, config, model, tx)
+  abstract = jax.eval_shape(init_fn, jax.random.PRNGKey(0))
+  state_sharding = jax.tree.map(lambda _: sharding.replicated(mesh), abstract)
+  init_jit = jax.jit(init_fn, out_shardings=state_sharding)
+  step_fn = jax.jit(
+      functools.partial(train_step, model=model, tx=tx, config=config),
+      in_shardings=(state_sharding, sharding.data_sharding(mesh)),
+      out_shardings=(state_sharding, sharding.replicated(mesh)),
+      donate_argnums=0)
+  abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, state_sharding)
+  return model, tx, init_jit, step_fn, abstract
+
+
+def _check_finite(metrics: dict[str, Any], step: int, workdir: str) -> None:
+  loss = float(metrics["loss"])
+  if not np.isfinite(loss):
+    details = ", ".join(f"{k}={float(v):.4g}" for k, v in sorted(metrics.items()))
+    raise NonFiniteLossError(
+        f"Non-finite loss at step {step} ({details}). Training stopped; the last good checkpoint in "
+        f"{os.path.join(workdir, 'checkpoints')} is intact. Lower the learning rate or check the inputs.")
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Trains `config` in `workdir` (resuming if it has checkpoints), evaluates at the end; returns eval results."""
+  os.makedirs(workdir, exist_ok=True)
+  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2))
+
+  # Mesh.
+  mesh = sharding.create_mesh(config.mesh)
+  logging.info("Mesh %s over %d devices (%d processes).", dict(mesh.shape), mesh.size, jax.process_count())
+  per_host_batch = sharding.per_host_batch_size(config.batch_size, mesh)
+
+  # Model, optimizer, state.
+  model, _, init_jit, step_fn, abstract_state = build(config, mesh)
+  rng = jax.random.PRNGKey(config.seed)
+  data_seed, param_seed = (int(x) for x in jax.random.randint(rng, (2,), 0, 2**31 - 1))
+
+  # Data.
+  train_data = input_pipeline.create_train_dataset(config, per_host_batch, seed=data_seed + jax.process_index())
+  train_iter = iter(train_data)
+
+  # Restore or initialise.
+  manager = checkpointing.create_manager(workdir, save_interval_steps=config.checkpoint_every_steps,
+                                         max_to_keep=config.keep_checkpoints)
+  latest = manager.latest_step()
+  if latest is not None:
+    state = checkpointing.restore(manager, latest, abstract_state, train_iter)
+    logging.info("Resumed from step %d in %s.", latest, workdir)
+  else:
+    state = init_jit(jax.random.PRNGKey(param_seed))
+    logging.info("Initialised from scratch (seed %d).", config.seed)
+  start_step = int(state.step)
+  if start_step == 0:
+    logging.info("Parameter overview:\n%s", parameter_overview.get_parameter_overview(state.params))
+  num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
+  logging.info("Model %s with %s parameters.", config.model_name, f"{num_params:,}")
+  writer.write_hparams({k: v for k, v in flatten_config(config).items()})
+
+  report = periodic_actions.ReportProgress(num_train_steps=config.num_train_steps, writer=writer)
+  collection_cls = None
+  collection = None
+  pending = None  # (step, metrics) of the previous step, checked one step late so dispatch stays async.
+  step = start_step
+  with mesh:
+    while step < config.num_train_steps:
+      with jax.profiler.StepTraceAnnotation("train", step_num=step):
+        batch = sharding.host_to_global(next(train_iter), mesh)
+        state, metrics = step_fn(state, batch)
+      step += 1
+      if pending is not None:
+        _check_finite(*pending, workdir)
+      pending = (metrics, step)
+      if collection_cls is None:
+        collection_cls = make_metrics_collection(metrics)
+      update = collection_cls.single_from_model_output(**metrics)
+      collection = update if collection is None else collection.merge(update)
+      report(step)
+      if step % config.log_every_steps == 0 or step == config.num_train_steps:
+        _check_finite(metrics, step, workdir)
+        writer.write_scalars(step, {f"train/{k}": v for k, v in collection.compute().items()})
+        collection = None
+      if step % config.checkpoint_every_steps == 0 or step == config.num_train_steps:
+        _check_finite(metrics, step, workdir)  # Never save a state produced by a non-finite step.
+        with report.timed("checkpoint"):
+          checkpointing.save(manager, step, state, train_iter, force=step == config.num_train_steps)
+      if config.eval_every_steps and step % config.eval_every_steps == 0 and step < config.num_train_steps:
+        with report.timed("eval"):
+          eval_lib.evaluate_all(config, model, state.variables, mesh, workdir, step, writer=writer)
+    if pending is not None:
+      _check_finite(*pending, workdir)
+    manager.wait_until_finished()
+    results = eval_lib.evaluate_all(config, model, state.variables, mesh, workdir, step, writer=writer)
+  writer.flush()
+  return results
+
+
+def flatten_config(config: ml_collections.ConfigDict, prefix: str = "") -> dict[str, Any]:
+  """Flat {'a.b': value} view of scalar config fields (for TensorBoard hparams)."""
+  flat = {}
+  for key, value in config.items():
+    name = f"{prefix}{key}"
+    if isinstance(value, ml_collections.ConfigDict):
+      flat.update(flatten_config(value, name + "."))
+    elif isinstance(value, (int, float, str, bool)):
+      flat[name] = value
+    else:
+      flat[name] = json.dumps(value) if isinstance(value, (list, tuple)) else str(value)
+  return flat
+
+

@@ -1,0 +1,63 @@
+r"""AVGN (or the EZ-VSL baseline) on the embedded synthetic_av dataset: the demo and the test configs.
+
+Train + evaluate (the demo; about 10 minutes on 2 CPU cores, see README for the measured numbers):
+  python -m avl_jax.main --config=configs/synthetic_av.py --workdir=workdirs/avgn_synthetic
+Evaluate the latest checkpoint again:
+  python -m avl_jax.evaluate --config=configs/synthetic_av.py --workdir=workdirs/avgn_synthetic
+The EZ-VSL baseline with the same encoders:
+  python -m avl_jax.main --config=configs/synthetic_av.py:model=ezvsl --workdir=workdirs/ezvsl_synthetic
+Seconds-long smoke run on synthetic_av/tiny (the test suite's form):
+  python -m avl_jax.main --config=configs/synthetic_av.py:tiny --workdir=/tmp/tiny
+
+Arguments (`:a=1,b`): model (avgn | ezvsl), tiny (bool), steps (int, 0 = variant default), data_dir (str).
+Expected (demo, synthetic_av/default, test_duet): AVGN clearly above the centre-prior and random baselines on
+cIoU and AUC; numbers in README.md.
+"""
+import ml_collections
+
+from avl_jax import config_lib
+
+AVGN_SMALL = dict(resnet_width=16, resnet_blocks=(2, 2, 2, 2), dim=128, depth_vis=2, depth_aud=2, num_heads=4,
+                  mlp_ratio=4.0, drop_path=0.1, tau=0.03, attn_assign="soft")
+AVGN_TINY = dict(resnet_width=8, resnet_blocks=(1, 1, 1, 1), dim=32, depth_vis=1, depth_aud=1, num_heads=4,
+                 mlp_ratio=2.0, drop_path=0.1, tau=0.03, attn_assign="soft")
+ENCODER_KEYS = ("resnet_width", "resnet_blocks", "dim", "tau")
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  args = config_lib.parse_arg(arg, model="avgn", tiny=False, steps=0, data_dir="")
+  config = config_lib.base_config()
+  config.model_name = args.model
+  model = AVGN_TINY if args.tiny else AVGN_SMALL
+  if args.model == "ezvsl":
+    model = {k: model[k] for k in ENCODER_KEYS}
+  elif args.model != "avgn":
+    raise ValueError(f"model={args.model!r}; expected 'avgn' or 'ezvsl'.")
+  config.model = ml_collections.ConfigDict(model)
+
+  ds = config.dataset
+  ds.num_classes = 8
+  if args.data_dir:
+    ds.data_dir = args.data_dir
+  if args.tiny:
+    ds.name = "synthetic_av/tiny"
+    ds.image_size, ds.resize_size = 32, 36
+    ds.audio_seconds = 1.0
+    ds.num_workers = 0
+    config.batch_size = 8
+    config.eval_batch_size = 8
+    config.num_train_steps = args.steps or 4
+    config.log_every_steps = 2
+    config.checkpoint_every_steps = 2
+    config.eval.num_visualize = 4
+  else:
+    ds.name = "synthetic_av/default"
+    ds.image_size, ds.resize_size = 128, 140
+    ds.audio_seconds = 2.0
+    ds.num_workers = 2
+    config.batch_size = 32
+    config.eval_batch_size = 32
+    config.num_train_steps = args.steps or 1500
+    config.log_every_steps = 50
+    config.checkpoint_every_steps = 250
+  return config

@@ -1,0 +1,48 @@
+"""avl_jax: multi-source visual sound-source localization (AVGN, T-VSL) in JAX/Flax.
+
+Install for development with ``pip install -e .[test]``; ``bash launch/test.sh`` does it for you.
+"""
+import setuptools
+
+# One tested set of pins (Python 3.11). The stack is version-sensitive (orbax <-> jax, grain <-> array_record,
+# clu <-> tensorflow), so everything is pinned exactly; bump them together and rerun `bash launch/test.sh`.
+INSTALL_REQUIRES = [
+    "jax==0.10.2",
+    "jaxlib==0.10.2",
+    "flax==0.12.8",
+    "optax==0.2.8",
+    "orbax-checkpoint==0.12.8",
+    "tensorflow-datasets==4.9.10",
+    "importlib_resources",  # tfds 4.9.10 imports it without declaring it.
+    "grain==0.2.18",
+    "array-record==0.8.6",
+    "ml_collections==1.1.0",
+    "clu==0.0.12",
+    "chex==0.1.92",
+    "einops==0.8.2",
+    "tensorflow-cpu==2.21.0",  # clu's metric writers (TensorBoard) import TensorFlow.
+    "tensorboard==2.21.0",  # clu.metric_writers imports tensorboard.plugins.hparams.
+    "numpy==2.4.6",
+    "scipy>=1.13",
+    "Pillow>=10.0",
+    "absl-py>=2.1",
+]
+
+EXTRAS_REQUIRE = {
+    "test": ["pytest>=8.0", "pytest-xdist>=3.5"],
+    "tpu": ["jax[tpu]==0.10.2"],
+    "gpu": ["jax[cuda12]==0.10.2"],
+    # Reading PyTorch .pth checkpoints (converters only); the CPU wheel is enough.
+    "convert": ["torch>=2.9"],
+}
+
+setuptools.setup(
+    name="avl_jax",
+    version="0.1.0",
+    description="AVGN and T-VSL sound-source localization in JAX/Flax, with TFDS/grain data and Orbax checkpoints.",
+    packages=setuptools.find_packages(include=["avl_jax", "avl_jax.*"]),
+    python_requires=">=3.11,<3.12",
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS_REQUIRE,
+    include_package_data=True,
+)

@@ -66,6 +66,7 @@ def base_config() -> ml_collections.ConfigDict:
       max_sources=2,       # eval: sources per example (padded)
       max_boxes=10,        # eval: boxes per example (padded)
       num_workers=2,       # grain worker processes (0: in-process)
+      read_threads=2,      # decode threads per worker (read-ahead is 2 batches)
       worker_buffer_size=2,
   ))
 

@@ -5,6 +5,8 @@ Resume order: the workdir's own latest checkpoint -> (later: config.resume_from 
 import functools
 import json
 import os
+import signal
+import threading
 from typing import Any
 
 from absl import logging
@@ -159,6 +161,41 @@ def _check_finite(metrics: dict[str, Any], step: int, workdir: str) -> None:
         f"{os.path.join(workdir, 'checkpoints')} is intact. Lower the learning rate or check the inputs.")
 
 
+class StopRequest:
+  """Turns SIGTERM/SIGINT into a request the loop honours after the current step: save, then stop.
+
+  Without it a killed run loses the steps since the last checkpoint and orphans grain's worker processes. On
+  multi-host runs the hosts agree on the step through Orbax's preemption sync point.
+  """
+
+  def __init__(self):
+    self.requested = False
+    self._previous = {}
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      for sig in (signal.SIGTERM, signal.SIGINT):
+        self._previous[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    del frame
+    if self.requested:  # A second signal: give up immediately.
+      raise KeyboardInterrupt(f"signal {signum}")
+    logging.warning("Received signal %d: saving a checkpoint after this step and stopping.", signum)
+    self.requested = True
+
+  def __exit__(self, *exc):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+    return False
+
+  def should_stop(self, manager, step: int) -> bool:
+    if jax.process_count() > 1:
+      return manager.reached_preemption(step)
+    return self.requested
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains `config` in `workdir` (resuming if it has checkpoints), evaluates at the end; returns eval results."""
   os.makedirs(workdir, exist_ok=True)
@@ -203,7 +240,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   collection = None
   pending = None  # (step, metrics) of the previous step, checked one step late so dispatch stays async.
   step = start_step
-  with mesh:
+  with mesh, StopRequest() as stop:
     while step < config.num_train_steps:
       with jax.profiler.StepTraceAnnotation("train", step_num=step):
         batch = sharding.host_to_global(next(train_iter), mesh)
@@ -225,6 +262,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         _check_finite(metrics, step, workdir)  # Never save a state produced by a non-finite step.
         with report.timed("checkpoint"):
           checkpointing.save(manager, step, state, train_iter, force=step == config.num_train_steps)
+      if stop.should_stop(manager, step):
+        _check_finite(metrics, step, workdir)
+        if manager.latest_step() != step:
+          checkpointing.save(manager, step, state, train_iter, force=True)
+        manager.wait_until_finished()
+        logging.warning("Stopped at step %d on request; rerun the same command to resume.", step)
+        writer.flush()
+        return {}
       if config.eval_every_steps and step % config.eval_every_steps == 0 and step < config.num_train_steps:
         with report.timed("eval"):
           eval_lib.evaluate_all(config, model, state.variables, mesh, workdir, step, writer=writer)

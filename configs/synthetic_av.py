@@ -17,7 +17,7 @@ import ml_collections
 
 from avl_jax import config_lib
 
-AVGN_SMALL = dict(resnet_width=16, resnet_blocks=(2, 2, 2, 2), dim=128, depth_vis=2, depth_aud=2, num_heads=4,
+AVGN_SMALL = dict(resnet_width=16, resnet_blocks=(1, 1, 1, 1), dim=128, depth_vis=2, depth_aud=2, num_heads=4,
                   mlp_ratio=4.0, drop_path=0.1, tau=0.03, attn_assign="soft")
 AVGN_TINY = dict(resnet_width=8, resnet_blocks=(1, 1, 1, 1), dim=32, depth_vis=1, depth_aud=1, num_heads=4,
                  mlp_ratio=2.0, drop_path=0.1, tau=0.03, attn_assign="soft")
@@ -52,12 +52,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.eval.num_visualize = 4
   else:
     ds.name = "synthetic_av/default"
-    ds.image_size, ds.resize_size = 128, 140
-    ds.audio_seconds = 2.0
+    ds.image_size, ds.resize_size = 112, 124
+    ds.audio_seconds = 1.0
     ds.num_workers = 2
     config.batch_size = 32
     config.eval_batch_size = 32
     config.num_train_steps = args.steps or 1500
     config.log_every_steps = 50
     config.checkpoint_every_steps = 250
+    config.eval_every_steps = 500
   return config

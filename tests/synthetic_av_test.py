@@ -49,7 +49,7 @@ def _nearest_class(frequency: float, num_classes: int) -> int:
 
 def test_info(data_dir):
   builder = tfds.builder("synthetic_av/tiny", data_dir=data_dir)
-  assert str(builder.info.version) == "1.0.0"
+  assert str(builder.info.version) == "1.1.0"
   assert builder.info.supervised_keys is None
   assert builder.info.features.keys() == set(schema.FEATURE_NAMES)
   assert "red_solid_circle" in builder.info.description
@@ -92,7 +92,7 @@ def test_num_sources_and_boxes(records):
     assert np.all((boxes >= 0) & (boxes <= 1))
     assert np.all(boxes[:, 2] > boxes[:, 0]) and np.all(boxes[:, 3] > boxes[:, 1])
     sides = boxes[:, 2:] - boxes[:, :2]
-    assert np.all(sides > 0.08) and np.all(sides < 0.45)
+    assert np.all(sides > 0.1) and np.all(sides <= generator.MAX_OBJECT_SIZE + 0.02)  # tight boxes of 30-60 % squares
 
 
 def test_label_is_multi_hot_of_source_class(records):

@@ -138,6 +138,24 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(tiny_config, tmp_path, 
   assert checkpointing.create_manager(workdir, create=False).all_steps() == [2]
 
 
+def test_stop_request_saves_a_checkpoint_and_returns(tiny_config, tmp_path, monkeypatch):
+  workdir = str(tmp_path / "stop")
+  tiny_config.num_train_steps = 4
+  tiny_config.checkpoint_every_steps = 2
+  monkeypatch.setattr(train.StopRequest, "should_stop", lambda self, manager, step: step == 3)
+  assert train.train_and_evaluate(tiny_config, workdir) == {}
+  assert checkpointing.create_manager(workdir, create=False).all_steps() == [2, 3]
+
+
+def test_stop_request_handles_sigterm():
+  import signal  # pylint: disable=g-import-not-at-top
+  with train.StopRequest() as stop:
+    assert not stop.requested
+    signal.raise_signal(signal.SIGTERM)
+    assert stop.requested and stop.should_stop(None, 0)
+  assert signal.getsignal(signal.SIGTERM) is not stop._handle  # pylint: disable=protected-access
+
+
 def test_config_typo_fails_with_a_clear_message(tiny_data_dir, tmp_path):
   cmd = [sys.executable, "-m", "avl_jax.main", f"--config={REPO}/configs/synthetic_av.py:tiny",
          "--config.optimizer.lerning_rate=0.1", f"--workdir={tmp_path}"]

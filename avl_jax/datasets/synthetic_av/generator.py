@@ -40,7 +40,7 @@ TIMBRES = ("pure", "bright", "hollow", "breathy")
 PATTERNS = ("swell", "pulses", "tremolo", "chirps")
 
 # Object box side as a fraction of the image side.
-MIN_OBJECT_SIZE, MAX_OBJECT_SIZE = 0.15, 0.40
+MIN_OBJECT_SIZE, MAX_OBJECT_SIZE = 0.30, 0.60
 # Largest fraction of the smaller of two boxes that another box may cover (objects stay mostly visible).
 MAX_OVERLAP = 0.2
 

@@ -238,7 +238,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   report = periodic_actions.ReportProgress(num_train_steps=config.num_train_steps, writer=writer)
   collection_cls = None
   collection = None
-  pending = None  # (step, metrics) of the previous step, checked one step late so dispatch stays async.
+  pending = None  # (metrics, step) of the previous step, checked one step late so dispatch stays async.
   step = start_step
   with mesh, StopRequest() as stop:
     while step < config.num_train_steps:
@@ -258,14 +258,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         _check_finite(metrics, step, workdir)
         writer.write_scalars(step, {f"train/{k}": v for k, v in collection.compute().items()})
         collection = None
-      if step % config.checkpoint_every_steps == 0 or step == config.num_train_steps:
+      stopping = stop.should_stop(manager, step)
+      if step % config.checkpoint_every_steps == 0 or step == config.num_train_steps or stopping:
         _check_finite(metrics, step, workdir)  # Never save a state produced by a non-finite step.
         with report.timed("checkpoint"):
-          checkpointing.save(manager, step, state, train_iter, force=step == config.num_train_steps)
-      if stop.should_stop(manager, step):
-        _check_finite(metrics, step, workdir)
-        if manager.latest_step() != step:
-          checkpointing.save(manager, step, state, train_iter, force=True)
+          checkpointing.save(manager, step, state, train_iter,
+                             force=step == config.num_train_steps or stopping)
+      if stopping:
         manager.wait_until_finished()
         logging.warning("Stopped at step %d on request; rerun the same command to resume.", step)
         writer.flush()

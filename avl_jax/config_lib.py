@@ -36,6 +36,11 @@ def base_config() -> ml_collections.ConfigDict:
   """Defaults shared by every experiment (the paper's AVGN recipe, spec/avgn.md §9)."""
   config = ml_collections.ConfigDict()
   config.seed = 0  # One base RNG: parameter init, data order, augmentation, DropPath.
+  # Weights to start from when the workdir has no checkpoint yet: a directory written by
+  # `python -m avl_jax.convert` (e.g. ImageNet ResNet-18 for the visual encoder, or a whole official AVGN).
+  # Variables it holds replace the fresh initialisation (same names and shapes, else an error); the rest
+  # keep their init. None: train from scratch.
+  config.init_from = ml_collections.config_dict.placeholder(str)
 
   # Model: a name from avl_jax.models.MODELS and its constructor arguments (num_classes comes from dataset).
   config.model_name = "avgn"
@@ -49,6 +54,11 @@ def base_config() -> ml_collections.ConfigDict:
       drop_path=0.1,
       tau=0.03,                  # contrastive temperature (also the fixed-range map normalisation)
       attn_assign="soft",        # 'soft' (paper README) | 'hard' (Gumbel straight-through)
+      # Official-behaviour switches (spec avgn.md §2.3, §8). The official DDP run used per-GPU negatives and
+      # per-GPU BatchNorm statistics; 1 = the whole global batch (our default, device-count independent),
+      # k = split the global batch into k groups, e.g. the official run's GPU count.
+      loss_groups=1,             # contrastive negatives per group of the batch
+      bn_groups=1,               # BatchNorm batch statistics per group of the batch (1 = SyncBN)
   ))
 
   # Data: any dataset in the shared schema (avl_jax/datasets/schema.py).

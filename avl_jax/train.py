@@ -1,6 +1,7 @@
 """The training loop, top to bottom: mesh -> data -> model/optimizer -> sharded state -> step -> restore -> loop.
 
-Resume order: the workdir's own latest checkpoint -> (later: config.resume_from / config.init_from) -> scratch.
+Start order: the workdir's own latest checkpoint (resume) -> config.init_from (converted weights, e.g. ImageNet
+ResNet-18, on top of a fresh init) -> scratch.
 """
 import functools
 import json
@@ -96,6 +97,19 @@ def init_state(config: ml_collections.ConfigDict, model, tx, rng: jax.Array) -> 
   params = variables["params"]
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                     batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params), rng=state_rng)
+
+
+def apply_init_from(state: TrainState, path: str, mesh) -> TrainState:
+  """Replaces the variables of a fresh `state` by those of a converted-weights directory (see config.init_from)."""
+  loaded, metadata = checkpointing.load_variables(path)
+  current = jax.tree.map(lambda x: np.asarray(x.addressable_data(0)),
+                         {"params": state.params, "batch_stats": state.batch_stats})
+  merged, count = checkpointing.merge_variables(current, loaded, origin=f"config.init_from={path}")
+  total = len(jax.tree.leaves(current))
+  logging.info("Initialised %d of %d variables from %s (format %s, source %s).", count, total, path,
+               metadata.get("format"), metadata.get("source"))
+  merged = jax.device_put(merged, sharding.replicated(mesh))
+  return state.replace(params=merged["params"], batch_stats=merged["batch_stats"])
 
 
 # ------------------------------------------------------------------------------------------------------- step
@@ -228,6 +242,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   else:
     state = init_jit(jax.random.PRNGKey(param_seed))
     logging.info("Initialised from scratch (seed %d).", config.seed)
+    if config.init_from:
+      state = apply_init_from(state, config.init_from, mesh)
   start_step = int(state.step)
   if start_step == 0:
     logging.info("Parameter overview:\n%s", parameter_overview.get_parameter_overview(state.params))

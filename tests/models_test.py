@@ -145,7 +145,8 @@ def _check_avgn_outputs(losses, outputs):
     assert np.all(np.isfinite(value)), name
   np.testing.assert_allclose(np.linalg.norm(outputs['img_feat'], axis=-1), 1.0, rtol=1e-5)
   np.testing.assert_allclose(np.linalg.norm(outputs['aud_feat'], axis=-1), 1.0, rtol=1e-5)
-  np.testing.assert_array_equal(outputs['map'], outputs['S_logits'][np.arange(b), np.arange(b)])
+  np.testing.assert_allclose(outputs['map'], outputs['S_logits'][np.arange(b), np.arange(b)], rtol=1e-5,
+                             atol=1e-4)
 
 
 @pytest.mark.parametrize('attn_assign', ['soft', 'hard'])
@@ -351,3 +352,62 @@ def test_l2_normalize_and_bce_clamp():
   # log(0.5), and two saturated terms clamped at -100 like PyTorch's binary_cross_entropy.
   np.testing.assert_allclose(avgn.binary_cross_entropy(logits, targets), (math.log(2) + 200) / 3, rtol=1e-6)
   assert np.isfinite(jax.grad(lambda z: avgn.binary_cross_entropy(z, targets))(logits)).all()
+
+
+# ------------------------------------------------------------------------- official per-GPU behaviour switches
+
+def test_batch_norm_groups_equal_separate_batches():
+  """groups=k normalises each of k sub-batches with its own statistics; running stats move to their mean."""
+  x = np.random.default_rng(0).standard_normal((6, 3, 3, 4)).astype(np.float32) * 3 + 1
+  bn = layers.BatchNorm(groups=2)
+  variables = bn.init(jax.random.key(0), x[:2], train=False)
+  grouped, state = bn.apply(variables, x, train=True, mutable=['batch_stats'])
+  single = layers.BatchNorm()
+  halves = [single.apply(variables, x[i:i + 3], train=True, mutable=['batch_stats']) for i in (0, 3)]
+  np.testing.assert_allclose(grouped, np.concatenate([h[0] for h in halves]), rtol=1e-5, atol=1e-5)
+  for stat in ('mean', 'var'):
+    expected = np.mean([h[1]['batch_stats'][stat] for h in halves], axis=0)
+    np.testing.assert_allclose(state['batch_stats'][stat], expected, rtol=1e-5)
+  # The whole-batch statistics are different (the switch does something).
+  whole, _ = single.apply(variables, x, train=True, mutable=['batch_stats'])
+  assert np.max(np.abs(np.asarray(whole) - np.asarray(grouped))) > 1e-2
+  with pytest.raises(ValueError, match='groups=4 must divide the batch size 6'):
+    layers.BatchNorm(groups=4).apply(variables, x, train=True, mutable=['batch_stats'])
+
+
+def test_contrastive_loss_groups_are_per_group_problems():
+  from avl_jax.models import ezvsl  # pylint: disable=g-import-not-at-top
+  key_img, key_aud = jax.random.split(jax.random.key(1))
+  img = layers.l2_normalize(jax.random.normal(key_img, (8, 2, 3, 16)))
+  aud = jax.random.normal(key_aud, (8, 16))
+  loss2, pooled2, logits2 = ezvsl.contrastive_loss(img, aud, 0.1, groups=2)
+  assert pooled2.shape == (2, 4, 4) and logits2.shape == (2, 4, 4, 2, 3)
+  per_group = [ezvsl.contrastive_loss(img[i:i + 4], aud[i:i + 4], 0.1)[0] for i in (0, 4)]
+  np.testing.assert_allclose(loss2, np.mean(per_group), rtol=1e-6)
+  loss1, pooled1, logits1 = ezvsl.contrastive_loss(img, aud, 0.1)
+  assert pooled1.shape == (8, 8) and logits1.shape == (8, 8, 2, 3)
+  assert abs(float(loss1) - float(loss2)) > 1e-3  # More negatives: a different loss.
+  with pytest.raises(ValueError, match='loss_groups=3 must divide the batch size 8'):
+    ezvsl.contrastive_loss(img, aud, 0.1, groups=3)
+
+
+def test_avgn_groups_match_separate_half_batches():
+  """AVGN with loss_groups = bn_groups = 2 is the mean of two independent half-batch forwards (2 GPUs)."""
+  batch = _batch()
+  grouped = avgn.AVGN(num_classes=NUM_CLASSES, drop_path=0.0, loss_groups=2, bn_groups=2, **TINY)
+  single = avgn.AVGN(num_classes=NUM_CLASSES, drop_path=0.0, **TINY)
+  variables = _init(single, batch)
+  args = ('image', 'spec', 'visual_class', 'audio_label')
+
+  @jax.jit
+  def forward_grouped(variables, batch):
+    return grouped.apply(variables, *(batch[k] for k in args), train=True, mutable=['batch_stats'])[0][0]
+
+  @jax.jit
+  def forward_single(variables, batch):
+    return single.apply(variables, *(batch[k] for k in args), train=True, mutable=['batch_stats'])[0][0]
+
+  losses = forward_grouped(variables, batch)
+  halves = [forward_single(variables, {k: v[i:i + 2] for k, v in batch.items()}) for i in (0, 2)]
+  for name in ('loss_loc', 'loss_bce_v', 'loss_bce_a', 'loss'):
+    np.testing.assert_allclose(losses[name], np.mean([h[name] for h in halves]), rtol=1e-4, err_msg=name)

@@ -103,6 +103,10 @@ class AVGN(ezvsl.DualEncoder):
     tau: temperature of the localization logits.
     attn_assign: 'soft' or 'hard' (Gumbel, straight-through) class assignment.
     with_han_params: create the inert `audio_encoder/han_encoder` parameters of the official checkpoint.
+    loss_groups: contrastive negatives per group of the batch (1 = the global batch; k = the official
+      per-GPU negatives on k GPUs; see `ezvsl.contrastive_loss`).
+    bn_groups: BatchNorm statistics per group of the batch (1 = synchronised over the global batch; k = the
+      official per-GPU statistics on k GPUs).
     bn_momentum: Flax-convention BatchNorm momentum (0.9 = PyTorch 0.1).
     torch_running_var: PyTorch-style unbiased running-variance update.
     dtype: computation dtype.
@@ -119,6 +123,8 @@ class AVGN(ezvsl.DualEncoder):
   tau: float = 0.03
   attn_assign: str = 'soft'
   with_han_params: bool = False
+  loss_groups: int = 1
+  bn_groups: int = 1
   bn_momentum: float = 0.9
   torch_running_var: bool = True
   dtype: Any = jnp.float32
@@ -168,8 +174,8 @@ class AVGN(ezvsl.DualEncoder):
 
     # The audio vector of the visual source's class, unnormalised (its norm is ~23 at init).
     aud_selected = xa[jnp.arange(batch), visual_class]
-    logits = ezvsl.contrastive_logits(img_feat.astype(jnp.float32), aud_selected, self.tau)
-    loss_loc, pooled = ezvsl.max_xmil_loss(logits)
+    img_feat = img_feat.astype(jnp.float32)
+    loss_loc, pooled, logits = ezvsl.contrastive_loss(img_feat, aud_selected, self.tau, self.loss_groups)
     self.sow('intermediates', 'xmil_logits', pooled)
 
     av_cls_logits = self.fc_cls(self.av_token).astype(jnp.float32)
@@ -191,7 +197,7 @@ class AVGN(ezvsl.DualEncoder):
         'loss_bce_a': loss_bce_a,
     }
     outputs = {
-        'map': ezvsl.diagonal_map(logits),
+        'map': ezvsl.own_map(img_feat, aud_selected, self.tau),
         'img_feat': img_feat,
         'aud_feat': aud_feat,
         'xv': xv,

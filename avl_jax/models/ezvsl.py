@@ -48,6 +48,43 @@ def max_xmil_loss(logits: jax.Array) -> tuple[jax.Array, jax.Array]:
   return image_to_audio + audio_to_image, pooled
 
 
+def contrastive_loss(img_feat: jax.Array, audio_vectors: jax.Array, tau: float,
+                     groups: int = 1) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """The max-pooled contrastive loss with negatives from the whole batch or from `groups` sub-batches.
+
+  groups = 1: every other sample of the (global) batch is a negative. groups = k: the batch is split into k
+  consecutive equal parts and each part is its own contrastive problem, the loss being the mean over parts;
+  this is the official DDP behaviour on k GPUs (per-GPU negatives, gradients averaged over GPUs).
+
+  Args:
+    img_feat: [B, h, w, D].
+    audio_vectors: [B, D].
+    tau: temperature.
+    groups: number of negative groups; must divide B.
+
+  Returns:
+    (loss, pooled, logits): the scalar loss; pooled [G, B/G, B/G] and logits [G, B/G, B/G, h, w] per group,
+    squeezed to [B, B] and [B, B, h, w] when groups = 1.
+  """
+  batch = img_feat.shape[0]
+  if groups < 1 or batch % groups:
+    raise ValueError(f'loss_groups={groups} must divide the batch size {batch}.')
+  if groups == 1:
+    logits = contrastive_logits(img_feat, audio_vectors, tau)
+    loss, pooled = max_xmil_loss(logits)
+    return loss, pooled, logits
+  img_g = img_feat.reshape(groups, batch // groups, *img_feat.shape[1:])
+  aud_g = audio_vectors.reshape(groups, batch // groups, audio_vectors.shape[-1])
+  logits = jax.vmap(contrastive_logits, in_axes=(0, 0, None))(img_g, aud_g, tau)
+  losses, pooled = jax.vmap(max_xmil_loss)(logits)
+  return jnp.mean(losses), pooled, logits
+
+
+def own_map(img_feat: jax.Array, audio_vectors: jax.Array, tau: float) -> jax.Array:
+  """<img_feat[b], audio_vectors[b]> / tau [B, h, w], no gradient (= S[b, b] of `contrastive_logits`)."""
+  return jax.lax.stop_gradient(jnp.einsum('bhwd,bd->bhw', img_feat, audio_vectors) / tau)
+
+
 def diagonal_map(logits: jax.Array) -> jax.Array:
   """The localization map of each sample against its own audio: S[b, b] [B, h, w], no gradient."""
   batch = jnp.arange(logits.shape[0])
@@ -57,19 +94,19 @@ def diagonal_map(logits: jax.Array) -> jax.Array:
 class DualEncoder(nn.Module):
   """Base class: the two ResNet-18 encoders with projections. Not a model by itself.
 
-  Subclasses declare the fields resnet_width, resnet_blocks, dim, bn_momentum, torch_running_var, dtype,
-  and call `setup_encoders()` from `setup()`.
+  Subclasses declare the fields resnet_width, resnet_blocks, dim, bn_groups, bn_momentum, torch_running_var,
+  dtype, and call `setup_encoders()` from `setup()`.
   """
 
   def setup_encoders(self) -> None:
     """Creates `imgnet`, `audnet`, `img_proj`, `aud_proj` with the init of spec §5."""
     self.imgnet = resnet.ResNet(
         width=self.resnet_width, blocks=tuple(self.resnet_blocks), bn_momentum=self.bn_momentum,
-        torch_running_var=self.torch_running_var, dtype=self.dtype)
+        torch_running_var=self.torch_running_var, bn_groups=self.bn_groups, dtype=self.dtype)
     self.audnet = resnet.ResNet(
         width=self.resnet_width, blocks=tuple(self.resnet_blocks), global_max_pool=True,
         bn_scale_init=layers.normal_around_one(0.02), bn_momentum=self.bn_momentum,
-        torch_running_var=self.torch_running_var, dtype=self.dtype)
+        torch_running_var=self.torch_running_var, bn_groups=self.bn_groups, dtype=self.dtype)
     backbone_width = self.resnet_width * 2**(len(self.resnet_blocks) - 1)
     # The official re-init leaves the conv bias at PyTorch's default U(+-1/sqrt(fan_in)).
     self.img_proj = nn.Conv(
@@ -108,6 +145,10 @@ class EZVSL(DualEncoder):
     resnet_blocks: BasicBlocks per ResNet stage.
     dim: embedding width D.
     tau: temperature.
+    loss_groups: contrastive negatives per group of the batch (`contrastive_loss`; 1 = global batch,
+      k = the official per-GPU negatives on k GPUs).
+    bn_groups: BatchNorm statistics per group of the batch (1 = synchronised over the global batch,
+      k = the official per-GPU statistics on k GPUs).
     bn_momentum: Flax-convention BatchNorm momentum (0.9 = PyTorch 0.1).
     torch_running_var: PyTorch-style unbiased running-variance update.
     dtype: computation dtype.
@@ -117,6 +158,8 @@ class EZVSL(DualEncoder):
   resnet_blocks: Sequence[int] = (2, 2, 2, 2)
   dim: int = 512
   tau: float = 0.03
+  loss_groups: int = 1
+  bn_groups: int = 1
   bn_momentum: float = 0.9
   torch_running_var: bool = True
   dtype: Any = jnp.float32
@@ -137,15 +180,16 @@ class EZVSL(DualEncoder):
 
     Returns:
       losses {'loss', 'loss_loc'} (scalars) and outputs {'map' [B, h, w], 'img_feat' [B, h, w, D],
-      'aud_feat' [B, D], 'S_logits' [B, B, h, w]}.
+      'aud_feat' [B, D], 'S_logits' [B, B, h, w] ([G, B/G, B/G, h, w] with loss_groups = G > 1)}.
     """
     del visual_class, audio_label
     img_feat, aud_feat = self.encode(image, spec, train=train)
-    logits = contrastive_logits(img_feat.astype(jnp.float32), aud_feat.astype(jnp.float32), self.tau)
-    loss_loc, pooled = max_xmil_loss(logits)
+    img_feat, aud_feat = img_feat.astype(jnp.float32), aud_feat.astype(jnp.float32)
+    loss_loc, pooled, logits = contrastive_loss(img_feat, aud_feat, self.tau, self.loss_groups)
     self.sow('intermediates', 'xmil_logits', pooled)
     losses = {'loss': loss_loc, 'loss_loc': loss_loc}
-    outputs = {'map': diagonal_map(logits), 'img_feat': img_feat, 'aud_feat': aud_feat, 'S_logits': logits}
+    outputs = {'map': own_map(img_feat, aud_feat, self.tau), 'img_feat': img_feat, 'aud_feat': aud_feat,
+               'S_logits': logits}
     return losses, outputs
 
   def localize(self, image: jax.Array, spec: jax.Array, class_ids: jax.Array, *,

@@ -73,24 +73,29 @@ class BatchNorm(nn.Module):
   Train: normalises with the biased batch variance; the running variance is updated with the unbiased one
   (x n/(n-1)) when `torch_running_var` (PyTorch), with the biased one otherwise (Flax). Eval: running stats.
   Statistics are reduced over every axis but the last of the array this call sees; under `jit` on a
-  sharded global batch that is the global batch (a SyncBN), where the official code used per-GPU stats.
+  sharded global batch that is the global batch (a SyncBN). `groups` > 1 reproduces the official per-GPU
+  statistics (DDP without SyncBN): the batch is split into `groups` consecutive equal parts, each normalised
+  with its own statistics; the running statistics move towards the mean of the groups' statistics (PyTorch
+  keeps one replica's, rank 0's, which no single-program run can single out).
 
   Attributes:
     momentum: Flax convention, running = momentum * running + (1 - momentum) * batch (0.9 = PyTorch 0.1).
     epsilon: added to the variance.
     torch_running_var: update the running variance with the unbiased batch variance.
+    groups: batch-statistics groups (1 = the whole batch; k = the official run's number of GPUs).
     scale_init: initialiser of the affine scale (PyTorch default: ones).
     dtype: output dtype; the statistics are always computed in float32.
   """
   momentum: float = 0.9
   epsilon: float = BATCH_NORM_EPS
   torch_running_var: bool = True
+  groups: int = 1
   scale_init: Initializer = nn.initializers.ones
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-    """Normalises x [..., D]; returns the same shape."""
+    """Normalises x [B, ..., D]; returns the same shape."""
     features = x.shape[-1]
     scale = self.param('scale', self.scale_init, (features,), jnp.float32)
     bias = self.param('bias', nn.initializers.zeros, (features,), jnp.float32)
@@ -99,17 +104,24 @@ class BatchNorm(nn.Module):
 
     x = x.astype(jnp.float32)
     if train:
-      reduce_axes = tuple(range(x.ndim - 1))
-      mean = jnp.mean(x, axis=reduce_axes)
-      var = jnp.mean(jnp.square(x - mean), axis=reduce_axes)
+      shape = x.shape
+      groups = self.groups if not self.is_initializing() else 1
+      if groups < 1 or shape[0] % groups:
+        raise ValueError(f'BatchNorm groups={groups} must divide the batch size {shape[0]}.')
+      x = x.reshape(groups, shape[0] // groups, *shape[1:])
+      reduce_axes = tuple(range(1, x.ndim - 1))
+      mean = jnp.mean(x, axis=reduce_axes, keepdims=True)
+      var = jnp.mean(jnp.square(x - mean), axis=reduce_axes, keepdims=True)
+      y = ((x - mean) * (scale * jax.lax.rsqrt(var + self.epsilon)) + bias).reshape(shape)
       if not self.is_initializing():
-        count = math.prod(x.shape[:-1])
+        count = math.prod(x.shape[1:-1])
         update_var = var * (count / max(count - 1, 1)) if self.torch_running_var else var
-        running_mean.value = self.momentum * running_mean.value + (1.0 - self.momentum) * mean
-        running_var.value = self.momentum * running_var.value + (1.0 - self.momentum) * update_var
-    else:
-      mean, var = running_mean.value, running_var.value
-    y = (x - mean) * (scale * jax.lax.rsqrt(var + self.epsilon)) + bias
+        mean_update = jnp.mean(mean.reshape(groups, features), axis=0)
+        var_update = jnp.mean(update_var.reshape(groups, features), axis=0)
+        running_mean.value = self.momentum * running_mean.value + (1.0 - self.momentum) * mean_update
+        running_var.value = self.momentum * running_var.value + (1.0 - self.momentum) * var_update
+      return y.astype(self.dtype)
+    y = (x - running_mean.value) * (scale * jax.lax.rsqrt(running_var.value + self.epsilon)) + bias
     return y.astype(self.dtype)
 
 

@@ -35,12 +35,13 @@ class BasicBlock(nn.Module):
   bn_scale_init: layers.Initializer = nn.initializers.ones
   bn_momentum: float = 0.9
   torch_running_var: bool = True
+  bn_groups: int = 1
   conv_init: layers.Initializer = layers.kaiming_fan_out_normal
   dtype: Any = jnp.float32
 
   def _norm(self, name: str) -> layers.BatchNorm:
     return layers.BatchNorm(
-        momentum=self.bn_momentum, torch_running_var=self.torch_running_var,
+        momentum=self.bn_momentum, torch_running_var=self.torch_running_var, groups=self.bn_groups,
         scale_init=self.bn_scale_init, dtype=self.dtype, name=name)
 
   @nn.compact
@@ -73,6 +74,7 @@ class ResNet(nn.Module):
     bn_scale_init: BatchNorm scale initialiser (torchvision: ones; AVGN audio net: N(1, 0.02^2)).
     bn_momentum: Flax-convention BatchNorm momentum.
     torch_running_var: PyTorch-style running-variance update.
+    bn_groups: per-group batch statistics (layers.BatchNorm.groups; 1 = the whole batch).
     conv_init: initialiser of every conv kernel (Kaiming fan_out normal in both cases).
     dtype: computation dtype.
   """
@@ -82,6 +84,7 @@ class ResNet(nn.Module):
   bn_scale_init: layers.Initializer = nn.initializers.ones
   bn_momentum: float = 0.9
   torch_running_var: bool = True
+  bn_groups: int = 1
   conv_init: layers.Initializer = layers.kaiming_fan_out_normal
   dtype: Any = jnp.float32
 
@@ -90,7 +93,7 @@ class ResNet(nn.Module):
     """x [B, H, W, D_in] -> [B, H/32, W/32, 8w] (rounded up per stride), or [B, 8w] with global_max_pool."""
     x = _conv(self.width, 7, 2, 3, name='conv1', kernel_init=self.conv_init, dtype=self.dtype)(x)
     x = layers.BatchNorm(
-        momentum=self.bn_momentum, torch_running_var=self.torch_running_var,
+        momentum=self.bn_momentum, torch_running_var=self.torch_running_var, groups=self.bn_groups,
         scale_init=self.bn_scale_init, dtype=self.dtype, name='bn1')(x, train=train)
     x = nn.relu(x)
     # reduce_window pads with its init value, -inf, exactly like PyTorch's MaxPool2d padding.
@@ -101,7 +104,8 @@ class ResNet(nn.Module):
         x = BasicBlock(
             features, strides=2 if stage > 0 and index == 0 else 1, bn_scale_init=self.bn_scale_init,
             bn_momentum=self.bn_momentum, torch_running_var=self.torch_running_var,
-            conv_init=self.conv_init, dtype=self.dtype, name=f'layer{stage + 1}_{index}')(x, train=train)
+            bn_groups=self.bn_groups, conv_init=self.conv_init, dtype=self.dtype,
+            name=f'layer{stage + 1}_{index}')(x, train=train)
       self.sow('intermediates', f'layer{stage + 1}', x)
     if self.global_max_pool:
       x = layers.max_over_axes(x, (1, 2))

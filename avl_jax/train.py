@@ -5,6 +5,7 @@ ResNet-18, on top of a fresh init) -> scratch.
 """
 import functools
 import json
+import math
 import os
 import signal
 import threading
@@ -210,8 +211,22 @@ class StopRequest:
     return self.requested
 
 
+def resolve_num_train_steps(config: ml_collections.ConfigDict) -> int:
+  """config.num_train_steps, or ceil(num_epochs * |train split| / batch_size) when config.num_epochs is set."""
+  if not config.get("num_epochs"):
+    return config.num_train_steps
+  ds = config.dataset
+  num_examples = len(input_pipeline.open_source(ds.name, ds.train_split, ds.data_dir, per_process=False))
+  steps = max(1, math.ceil(config.num_epochs * num_examples / config.batch_size))
+  logging.info("num_epochs=%g over %d %s examples at batch %d: %d steps.", config.num_epochs, num_examples,
+               ds.train_split, config.batch_size, steps)
+  return steps
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains `config` in `workdir` (resuming if it has checkpoints), evaluates at the end; returns eval results."""
+  config = ml_collections.ConfigDict(config.to_dict())  # A private copy: resolved fields are written into it.
+  config.num_train_steps = resolve_num_train_steps(config)
   os.makedirs(workdir, exist_ok=True)
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
   if jax.process_index() == 0:

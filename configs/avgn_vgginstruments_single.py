@@ -1,0 +1,24 @@
+r"""AVGN on VGGSound-Instruments single source (37 classes; test GT = segmentation masks): the official recipe.
+
+Prepare the dataset (issue: real-dataset builders), optionally convert ImageNet ResNet-18 weights, then train and
+evaluate (paper scale: a TPU/GPU host; the global batch 128 is split over all devices):
+  python -m avl_jax.prepare --dataset=vgginstruments/single --data_dir=DATA --manual_dir=RAW
+  python -m avl_jax.convert --format=torchvision_resnet18 --input=resnet18-f37072fd.pth --output=weights/resnet18
+  python -m avl_jax.main --config=configs/avgn_vgginstruments_single.py:data_dir=DATA --workdir=workdirs/avgn_vgginstruments_single \
+      --config.init_from=weights/resnet18
+  python -m avl_jax.evaluate --config=configs/avgn_vgginstruments_single.py:data_dir=DATA --workdir=workdirs/avgn_vgginstruments_single
+Evaluate an official PyTorch checkpoint without training:
+  python -m avl_jax.convert --format=avgn_torch --input=best.pth --output=weights/avgn_vgginstruments_single
+  python -m avl_jax.evaluate --config=configs/avgn_vgginstruments_single.py:data_dir=DATA --workdir=workdirs/official_vgginstruments_single \
+      --weights=weights/avgn_vgginstruments_single
+Smoke run (synthetic_av/tiny, tiny model, 2 steps; what the test suite runs):
+  python -m avl_jax.main --config=configs/avgn_vgginstruments_single.py:runlocal,data_dir=/tmp/tfds --workdir=/tmp/avgn_vgginstruments_single
+
+Arguments: runlocal (bool), data_dir (str), epochs (float, default 100). Recipe: avl_jax.config_lib.avgn_paper_config.
+Paper numbers (AVGN, VGGSound-Instruments AP / IoU@0.5 / AUC): not verified from the paper PDF.
+"""
+from avl_jax import config_lib
+
+
+def get_config(arg: str | None = None):
+  return config_lib.avgn_paper_config("vgginstruments_single", arg)

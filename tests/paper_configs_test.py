@@ -1,0 +1,68 @@
+"""Every paper config: the official recipe at full scale, and its `runlocal` form trains and evaluates."""
+import importlib.util
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+
+from avl_jax import config_lib
+from avl_jax import input_pipeline
+from avl_jax import train
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SETTINGS = sorted(config_lib.PAPER_SETTINGS)
+
+
+def load_config(name: str, arg: str = ""):
+  spec = importlib.util.spec_from_file_location(f"cfg_{name}", os.path.join(REPO_ROOT, "configs", f"avgn_{name}.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  assert f"configs/avgn_{name}.py" in module.__doc__  # The docstring shows the exact commands.
+  return module.get_config(arg)
+
+
+def test_every_setting_has_a_config_file():
+  files = sorted(f[len("avgn_"):-len(".py")] for f in os.listdir(os.path.join(REPO_ROOT, "configs"))
+                 if f.startswith("avgn_"))
+  assert files == SETTINGS
+
+
+@pytest.mark.parametrize("name", SETTINGS)
+def test_paper_recipe(name):
+  config = load_config(name)
+  paper = config_lib.PAPER_SETTINGS[name]
+  assert config.dataset.name == paper["dataset"] and config.dataset.num_classes == paper["num_classes"]
+  assert config.dataset.mix == paper["mix"]
+  assert (config.model.resnet_width, tuple(config.model.resnet_blocks), config.model.dim) == (64, (2, 2, 2, 2), 512)
+  assert (config.model.depth_vis, config.model.depth_aud, config.model.num_heads) == (3, 3, 8)
+  assert (config.model.tau, config.model.attn_assign, config.model.drop_path) == (0.03, "soft", 0.1)
+  assert (config.optimizer.learning_rate, config.optimizer.schedule, config.batch_size) == (1e-4, "constant", 128)
+  assert config.num_epochs == 100 and config.eval.protocol == "official"
+  assert (config.dataset.image_size, config.dataset.resize_size, config.dataset.audio_seconds) == (224, 246, 3.0)
+  assert config.model.loss_groups == 1 and config.model.bn_groups == 1
+  with pytest.raises(ValueError, match="Unknown config argument 'runlcal'"):
+    load_config(name, "runlcal")
+
+
+def test_num_epochs_sets_the_step_count(tiny_config):
+  config = tiny_config
+  config.num_epochs = 2.5
+  source = input_pipeline.open_source(config.dataset.name, "train", config.dataset.data_dir, per_process=False)
+  assert train.resolve_num_train_steps(config) == math.ceil(2.5 * len(source) / config.batch_size)
+  config.num_epochs = None
+  assert train.resolve_num_train_steps(config) == config.num_train_steps
+
+
+@pytest.mark.parametrize("name", SETTINGS)
+def test_runlocal_trains_and_evaluates(name, tiny_data_dir, tmp_path):
+  config = load_config(name, f"runlocal,data_dir={tiny_data_dir}")
+  results = train.train_and_evaluate(config, str(tmp_path))
+  split = "test_duet" if config_lib.PAPER_SETTINGS[name]["mix"] else "test_single"
+  assert set(results) == {split}
+  metrics = results[split]["metrics"]["model"]
+  assert np.isfinite(metrics["ciou_mean"]) and 0.0 <= metrics["auc"] <= 1.0
+  with open(tmp_path / "eval" / f"{split}_2.json") as f:
+    assert json.load(f)["step"] == 2
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2"]

@@ -26,6 +26,9 @@ INSTALL_REQUIRES = [
     "scipy>=1.13",
     "Pillow>=10.0",
     "absl-py>=2.1",
+    "av==18.1.0",  # PyAV: decodes raw mp4 clips when preparing the real datasets (avl_jax/datasets/raw.py).
+    "ftfy==6.3.1",  # CLIP tokenizer text cleaning (AudioCLIP / T-VSL); the golden token ids used 6.3.1.
+    "regex==2026.11.15",  # CLIP tokenizer pattern (\p{L}, \p{N}).
 ]
 
 EXTRAS_REQUIRE = {
@@ -34,6 +37,9 @@ EXTRAS_REQUIRE = {
     "gpu": ["jax[cuda12]==0.10.2"],
     # Reading PyTorch .pth checkpoints (converters only); the CPU wheel is enough.
     "convert": ["torch>=2.9"],
+    # Preparing the real datasets on Apache Beam (Dataflow, Flink, Spark; DirectRunner in tests). 2.77.0 needs
+    # protobuf<7, Pillow<13, pyarrow<26: launch/prepare_data.sh --beam installs it into its own venv (.venv-beam).
+    "beam": ["apache-beam==2.77.0"],
 }
 
 setuptools.setup(
@@ -45,4 +51,6 @@ setuptools.setup(
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,
     include_package_data=True,
+    # The official metadata files bundled with the real-dataset builders (Apache-2.0, see their README).
+    package_data={"avl_jax.datasets": ["metadata/*"]},
 )

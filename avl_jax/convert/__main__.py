@@ -2,6 +2,7 @@ r"""Converts PyTorch weights researchers already have into avl_jax variables che
 
   python -m avl_jax.convert --format=avgn_torch --input=best.pth --output=weights/avgn_vgginstruments
   python -m avl_jax.convert --format=torchvision_resnet18 --input=resnet18-f37072fd.pth --output=weights/resnet18
+  python -m avl_jax.convert --format=audioclip --input=AudioCLIP-Full-Training.pt --output=weights/audioclip
 
 Formats:
   avgn_torch            an official AVGN checkpoint (stoneMo/AVGN `train.py` saves `{'model': state_dict, ...}`;
@@ -13,6 +14,12 @@ Formats:
   torchvision_resnet18  torchvision's ImageNet ResNet-18 (`resnet18-f37072fd.pth`, the IMAGENET1K_V1 weights,
                         from https://download.pytorch.org/models/resnet18-f37072fd.pth) -> the visual encoder
                         `imgnet` of AVGN / EZ-VSL. Training configs load it with `config.init_from`.
+  audioclip             AudioCLIP release weights (github AndreyGuzhov/AudioCLIP, release v0.1):
+                        `AudioCLIP-Full-Training.pt` / `AudioCLIP-Partial-Training.pt` (the whole model),
+                        `CLIP.pt` (image + text towers, a state dict or a TorchScript archive) or `ESRNXFBSP.pt`
+                        (audio tower) -> the variables of `avl_jax.models.audioclip.AudioCLIP` (a partial file
+                        gives its part of the tree). Unknown, missing or mis-shaped keys are errors; the
+                        recomputed `audio.window`, the empty `audio.fbsp.bias` and BatchNorm counters are dropped.
 
 Input: a `.pth`/`.pt` file (needs torch: `pip install -e .[convert]`) or an `.npz` of {PyTorch name: array}
 (no torch needed). Output: `{output}/variables/` (Orbax) and `{output}/avl_jax_variables.json` recording the
@@ -24,6 +31,7 @@ import hashlib
 import os
 import re
 import sys
+import zipfile
 from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -34,10 +42,11 @@ from absl import logging  # noqa: E402
 import numpy as np  # noqa: E402
 
 from avl_jax import checkpointing  # noqa: E402
+from avl_jax.convert import audioclip_weights  # noqa: E402
 from avl_jax.convert import avgn_weights  # noqa: E402
 from avl_jax.models import avgn  # noqa: E402
 
-FORMATS = ("avgn_torch", "torchvision_resnet18")
+FORMATS = ("avgn_torch", "torchvision_resnet18", "audioclip")
 
 _FORMAT = flags.DEFINE_enum("format", None, FORMATS, "Layout of --input (see the module docstring).")
 _INPUT = flags.DEFINE_string("input", None, "The PyTorch checkpoint (.pth / .pt) or an .npz of named arrays.")
@@ -112,6 +121,8 @@ def convert(fmt: str, input_path: str, output_dir: str, *, num_heads: int = 8,
   """Converts `input_path` into `output_dir`; returns the metadata written next to the variables."""
   if fmt not in FORMATS:
     raise ValueError(f"--format={fmt!r}; expected one of {FORMATS}.")
+  if fmt == "audioclip":
+    return _convert_audioclip(input_path, output_dir, unsafe_pickle=unsafe_pickle)
   raw = load_state_dict(input_path, unsafe_pickle=unsafe_pickle)
   state_dict = avgn_weights.unwrap_state_dict(raw)
   metadata = {"format": fmt, "source": os.path.abspath(input_path), "source_sha256": file_sha256(input_path)}
@@ -127,6 +138,37 @@ def convert(fmt: str, input_path: str, output_dir: str, *, num_heads: int = 8,
     metadata.update(model_name="", model={"resnet_width": 64, "resnet_blocks": (2, 2, 2, 2)}, subtree="imgnet")
   count = sum(np.size(v) for collection in variables.values() for v in _leaves(collection))
   metadata["num_parameters"] = int(count)
+  checkpointing.save_variables(output_dir, variables, metadata)
+  return metadata
+
+
+def _is_torchscript_archive(path: str) -> bool:
+  """TorchScript archives (e.g. OpenAI's JIT CLIP files) are zips holding `code/` and `constants.pkl`."""
+  if not zipfile.is_zipfile(path):
+    return False
+  with zipfile.ZipFile(path) as archive:
+    names = archive.namelist()
+  return any(name.endswith("/constants.pkl") for name in names) and any("/code/" in name for name in names)
+
+
+def _convert_audioclip(input_path: str, output_dir: str, *, unsafe_pickle: bool) -> dict[str, Any]:
+  """--format=audioclip: a full, CLIP-only or audio-only AudioCLIP checkpoint -> (part of) the variables."""
+  if os.path.exists(input_path) and _is_torchscript_archive(input_path):
+    try:
+      import torch  # pylint: disable=g-import-not-at-top
+    except ImportError as e:
+      raise ImportError("Reading TorchScript archives needs PyTorch (CPU is enough): "
+                        "pip install -e '.[convert]'.") from e
+    raw = dict(torch.jit.load(input_path, map_location="cpu").state_dict())
+  else:
+    raw = load_state_dict(input_path, unsafe_pickle=unsafe_pickle)
+  state_dict = audioclip_weights.unwrap_state_dict(raw)
+  kind = audioclip_weights.checkpoint_kind(state_dict)
+  variables = audioclip_weights.torch_state_dict_to_variables(state_dict)
+  metadata = {"format": "audioclip", "source": os.path.abspath(input_path),
+              "source_sha256": file_sha256(input_path), "model_name": "audioclip", "model": {},
+              "checkpoint_kind": kind, "parts": list(audioclip_weights.PARTS[kind]), "subtree": ""}
+  metadata["num_parameters"] = int(sum(np.size(v) for collection in variables.values() for v in _leaves(collection)))
   checkpointing.save_variables(output_dir, variables, metadata)
   return metadata
 

@@ -2,8 +2,20 @@
 
 For every eval split: the model's raw localization maps for each GT source (oracle classes, as the official
 evaluation), the centre-prior and uniform-random baselines at the same map resolution, all scored by the same
-post-processing and metric code (avl_jax/metrics). Writes `{workdir}/eval/{split}_{step}.json` and a PNG grid.
+post-processing and metric code (avl_jax/metrics). Each host predicts and scores its own shard of the split; the
+per-item values are gathered, so process 0 writes results that count every (example, source) item once:
+
+  {workdir}/eval/{split}_{step}.json   every metric of every method, the protocol, the step, the sample counts
+  {workdir}/eval/{split}_{step}.csv    one row per (example, source) item, columns CSV_COLUMNS
+  {workdir}/eval/{split}_{step}.png    frame, heat map, GT boxes and binarised region per source
+  {workdir}/eval/{split}_{step}_predictions.npz   with save_predictions: the maps, in the schema of
+                                       avl_jax/metrics/predictions.py
+
+`score_predictions_file` scores such a file (ours or another method's) with the same code, without a model.
+Files are written to a temporary name and renamed, so a killed evaluation never leaves a truncated result.
 """
+import collections.abc
+import csv
 import json
 import os
 from typing import Any
@@ -21,9 +33,15 @@ from avl_jax import visualize
 from avl_jax.metrics import gt_maps
 from avl_jax.metrics import localization
 from avl_jax.metrics import postprocess
+from avl_jax.metrics import predictions
 
 GT_SIZE = 224  # The official evaluation rasterises and scores on 224 x 224.
 METHODS = ("model", "center_prior", "random")
+BASELINES = METHODS[1:]
+# Per-item CSV: `ap` is the true pixel AP (summary key `pixel_ap`; empty GT -> nan) under both protocols, and
+# `piap_official` AVGN's swapped-argument "piap"; `area` is the GT area as a fraction of the GT map (224 x 224).
+# Each baseline adds `{method}_ciou` and `{method}_ap`.
+CSV_COLUMNS = ("id", "source", "class", "nbox", "area", "ciou", "ap", "piap_official", "conf")
 
 
 def make_localize_fn(config: ml_collections.ConfigDict, model, mesh):
@@ -71,25 +89,28 @@ def predict_split(config, model, variables, mesh, split: str, localize_fn=None) 
   return result
 
 
-def baseline_maps(kind: str, shape: tuple[int, ...], tau: float, seed: int = 0) -> np.ndarray:
-  """Trivial maps at the model's map resolution, in logit units ([-1/tau, 1/tau]).
+def baseline_maps(kind: str, shape: tuple[int, ...], tau: float, seed: int = 0,
+                  map_range: str = "logits") -> np.ndarray:
+  """Trivial maps at the scored maps' resolution, in the units of `map_range`.
 
   center_prior: an isotropic Gaussian bump at the image centre (sigma = a quarter of the side);
-  random: i.i.d. uniform values per map cell.
+  random: i.i.d. uniform values per map cell. 'logits' maps span [-1/tau, 1/tau], the others [0, 1].
   """
-  *lead, h, w = shape
+  *_, h, w = shape
+  logits = map_range == "logits"
   if kind == "center_prior":
     ys = (np.arange(h) + 0.5) / h - 0.5
     xs = (np.arange(w) + 0.5) / w - 0.5
     bump = np.exp(-(ys[:, None] ** 2 + xs[None, :] ** 2) / (2 * 0.25 ** 2))
-    return np.broadcast_to((2 * bump - 1) / tau, shape).astype(np.float32)
+    return np.broadcast_to((2 * bump - 1) / tau if logits else bump, shape).astype(np.float32)
   if kind == "random":
     rng = np.random.default_rng(seed)
-    return rng.uniform(-1.0 / tau, 1.0 / tau, size=shape).astype(np.float32)
+    low, high = (-1.0 / tau, 1.0 / tau) if logits else (0.0, 1.0)
+    return rng.uniform(low, high, size=shape).astype(np.float32)
   raise ValueError(f"Unknown baseline {kind!r}; expected 'center_prior' or 'random'.")
 
 
-def source_items(pred: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def source_items(pred: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
   """Flattens (example, source) pairs with a real source; returns (example idx, source idx, GT maps, nbox)."""
   example_idx, source_idx = np.nonzero(pred["source_class"] >= 0)
   gts, nbox = [], []
@@ -102,74 +123,271 @@ def source_items(pred: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, n
 
 
 def _gather(x: np.ndarray) -> np.ndarray:
-  """Concatenates per-host arrays over processes (identity on one host)."""
+  """Concatenates per-host arrays [n_p, ...] over processes in process order (identity on one host).
+
+  Hosts may hold different numbers of rows (the last shard is shorter, examples have different numbers of
+  sources): rows are padded to the longest host, gathered, and the padding is dropped. Values travel as raw
+  bytes, so float64 and int64 survive JAX's default 32-bit mode exactly.
+  """
   if jax.process_count() == 1:
     return x
-  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+  x = np.ascontiguousarray(x)
+  row_shape = x.shape[1:]
+  as_bytes = x.reshape(len(x), int(np.prod(row_shape, dtype=np.int64))).view(np.uint8)
+  counts = np.asarray(multihost_utils.process_allgather(np.asarray([len(x)], np.int32), tiled=True)).reshape(-1)
+  padded = np.zeros((int(counts.max()), as_bytes.shape[1]), np.uint8)
+  padded[:len(x)] = as_bytes
+  stacked = np.asarray(multihost_utils.process_allgather(padded, tiled=False))  # [P, max n, bytes]
+  rows = np.concatenate([stacked[p, :c] for p, c in enumerate(counts)])
+  return np.ascontiguousarray(rows).view(x.dtype).reshape(len(rows), *row_shape)
 
 
-def score_split(config, pred: dict[str, np.ndarray]) -> tuple[dict[str, dict], dict[str, dict]]:
-  """Scores the model and the baselines; returns ({method: summary}, {method: per-item values})."""
-  example_idx, source_idx, gt, nbox = source_items(pred)
-  tau = config.model.get("tau", 0.03)
-  raw = {"model": pred["maps"][example_idx, source_idx]}
-  if config.eval.baselines:
-    raw["center_prior"] = baseline_maps("center_prior", raw["model"].shape, tau)
-    raw["random"] = baseline_maps("random", raw["model"].shape, tau, seed=config.seed + jax.process_index())
+def score_items(raw_maps: np.ndarray, gt: np.ndarray, nbox: np.ndarray, *, protocol: str, tau: float,
+                map_range: str = "logits", baselines: bool = True, seed: int = 0,
+                multihost: bool = True) -> tuple[dict[str, dict], dict[str, dict]]:
+  """Scores maps and (optionally) the baselines at the same resolution with the same code.
+
+  Args:
+    raw_maps: [M, h, w] this host's raw maps, one per item.
+    gt: [M, H, W] GT maps.   nbox: [M] boxes per item.
+    protocol: 'official' | 'standard'.
+    tau: temperature of 'logits' maps.
+    map_range: 'logits' | 'unit' | 'minmax' (postprocess.map_scores).
+    baselines: also score the centre-prior and random maps.
+    seed: seed of the random baseline (each host adds its process index).
+    multihost: gather the per-item values over hosts before summarising (False: the items are global).
+
+  Returns:
+    ({method: summary}, {method: per-item values [M_total]}), methods in METHODS order.
+  """
+  raw = {"model": raw_maps}
+  if baselines:
+    for kind in BASELINES:
+      raw[kind] = baseline_maps(kind, raw_maps.shape, tau, seed + jax.process_index(), map_range)
   summaries, per_items = {}, {}
   for method, maps in raw.items():
-    per_item, _ = localization.score_maps(maps, gt, nbox, protocol=config.eval.protocol, tau=tau)
-    per_item = {k: _gather(np.asarray(v)) for k, v in per_item.items()}
-    summaries[method] = localization.summarize(per_item, protocol=config.eval.protocol)
+    per_item, _ = localization.score_maps(maps, gt, nbox, protocol=protocol, tau=tau, map_range=map_range)
+    if multihost:
+      per_item = {k: _gather(np.asarray(v)) for k, v in per_item.items()}
+    summaries[method] = localization.summarize(per_item, protocol=protocol)
     per_items[method] = per_item
   return summaries, per_items
 
 
-def evaluate_split(config, model, variables, mesh, workdir: str, step: int, split: str,
-                   localize_fn=None) -> dict[str, Any]:
+def item_table(ids: list[str], source: np.ndarray, class_id: np.ndarray, per_items: dict[str, dict[str, np.ndarray]],
+               num_pixels: int = GT_SIZE * GT_SIZE) -> dict[str, list]:
+  """Columns of the per-item CSV (CSV_COLUMNS, then `{baseline}_ciou`, `{baseline}_ap`), one entry per item.
+
+  `area` is Σgt / num_pixels (the GT map's H x W).
+  """
+  model = per_items["model"]
+  table = {
+      "id": list(ids), "source": np.asarray(source).tolist(), "class": np.asarray(class_id).tolist(),
+      "nbox": model["nbox"].tolist(), "area": (model["area"] / num_pixels).tolist(),
+      "ciou": model["ciou"].tolist(), "ap": model["pixel_ap"].tolist(),
+      "piap_official": model["piap_official"].tolist(), "conf": model["conf"].tolist(),
+  }
+  for method in BASELINES:
+    if method in per_items:
+      table[f"{method}_ciou"] = per_items[method]["ciou"].tolist()
+      table[f"{method}_ap"] = per_items[method]["pixel_ap"].tolist()
+  return table
+
+
+def _atomic_write(path: str, write: collections.abc.Callable[[str], None]) -> None:
+  """write(tmp) then rename over `path` (same directory, same extension, so format-by-name writers work)."""
+  directory, name = os.path.split(path)
+  if directory:
+    os.makedirs(directory, exist_ok=True)
+  tmp = os.path.join(directory, f".tmp-{os.getpid()}-{name}")
+  try:
+    write(tmp)
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+
+
+def write_json(path: str, value: Any) -> None:
+  def write(tmp):
+    with open(tmp, "w") as f:
+      json.dump(value, f, indent=2, default=float)
+  _atomic_write(path, write)
+
+
+def write_csv(path: str, table: dict[str, list]) -> None:
+  """One row per item; floats with 6 significant digits (nan for undefined values)."""
+  def cell(v):
+    return f"{v:.6g}" if isinstance(v, float) else v
+
+  def write(tmp):
+    with open(tmp, "w", newline="") as f:
+      out = csv.writer(f)
+      out.writerow(table)
+      for row in zip(*table.values()):
+        out.writerow([cell(v) for v in row])
+  _atomic_write(path, write)
+
+
+def write_heatmaps(path: str, frames: np.ndarray, raw_maps: np.ndarray, boxes: np.ndarray, box_source: np.ndarray,
+                   source_class: np.ndarray, tau: float, class_names: list[str] | None = None) -> None:
+  """PNG grid: per example the frame with GT boxes, then per source heat map, GT box, binarised region.
+
+  Args:
+    path: the .png file.
+    frames: [n, Hf, Wf, 3] uint8.
+    raw_maps: [n, S, h, w] raw maps (finite where source_class >= 0).
+    boxes: [n, NB, 4] normalised xyxy, -1 padding; box_source: [n, NB] source slot per box (-1 padding).
+    source_class: [n, S] class per source (-1: no source, not drawn).
+    tau: temperature (the picture does not depend on it: it shows the min-max map).
+    class_names: labels indexed by class (default 'class {c}').
+  """
+  n, num_sources = raw_maps.shape[:2]
+  if n == 0:
+    return
+  maps = np.where((source_class >= 0)[..., None, None], raw_maps, 0).astype(np.float32)
+  post = postprocess.avgn_official(maps.reshape(-1, *maps.shape[2:]), tau=tau, out_hw=(GT_SIZE, GT_SIZE))
+  heat = np.asarray(post["pred"]).reshape(n, num_sources, GT_SIZE, GT_SIZE)
+  infer = np.asarray(post["infer"]).reshape(n, num_sources, GT_SIZE, GT_SIZE)
+  _atomic_write(path, lambda tmp: visualize.heatmap_grid(frames[:n], heat, infer, boxes, box_source, source_class,
+                                                         tmp, class_names=class_names, size=GT_SIZE))
+
+
+def prediction_arrays(pred: dict[str, np.ndarray], tau: float, step: int | None = None) -> dict[str, Any]:
+  """`predict_split`'s arrays (all hosts) -> the predictions-file schema (maps stay raw logits, boxes per source).
+
+  Returns:
+    keyword arguments of `predictions.save`: maps [N, S, h, w], boxes [N, S, NB, 4] (-1 padding, rows kept
+    where they were), num_sources, class_ids, ids, map_range 'logits', tau, step.
+  """
+  source_class = pred["source_class"]
+  n, num_sources = source_class.shape
+  present = source_class >= 0
+  if np.any(present[:, 1:] & ~present[:, :-1]):
+    raise ValueError("Sources must fill the first slots of source_class (padding -1 at the end).")
+  boxes = np.full((n, num_sources, pred["boxes"].shape[1], 4), -1.0, np.float32)
+  for s in range(num_sources):
+    rows = pred["box_source"] == s
+    boxes[:, s][rows] = pred["boxes"][rows]
+  return dict(maps=pred["maps"].astype(np.float32), boxes=boxes, box_format="xyxy", box_combine="binarize",
+              num_sources=present.sum(axis=1), class_ids=source_class, ids=input_pipeline.decode_ids(pred["id"]),
+              map_range="logits", tau=np.float64(tau), step=None if step is None else int(step))
+
+
+def evaluate_split(config, model, variables, mesh, workdir: str, step: int, split: str, localize_fn=None, *,
+                   save_predictions: bool = False) -> dict[str, Any]:
+  """Predicts, scores and (process 0) writes the JSON, CSV and PNG of one split; returns the JSON's content."""
   pred = predict_split(config, model, variables, mesh, split, localize_fn)
-  summaries, _ = score_split(config, pred)
-  num_sources = np.sum(pred["source_class"] >= 0, axis=1)
+  tau = config.model.get("tau", 0.03)
+  example_idx, source_idx, gt, nbox = source_items(pred)
+  summaries, per_items = score_items(pred["maps"][example_idx, source_idx], gt, nbox,
+                                     protocol=config.eval.protocol, tau=tau, baselines=config.eval.baselines,
+                                     seed=config.seed)
+  item_ids = input_pipeline.decode_ids(_gather(pred["id"][example_idx]))
+  item_source = _gather(source_idx.astype(np.int64))
+  item_class = _gather(pred["source_class"][example_idx, source_idx].astype(np.int64))
   result = {
       "split": split, "step": int(step), "dataset": config.dataset.name, "model": config.model_name,
-      "protocol": config.eval.protocol, "num_examples": int(_gather(np.asarray([len(num_sources)])).sum()),
-      "num_items": int(_gather(np.asarray([int(num_sources.sum())])).sum()), "metrics": summaries,
+      "protocol": config.eval.protocol, "map_range": "logits", "tau": float(tau),
+      "num_examples": int(_gather(np.asarray([len(pred["source_class"])])).sum()),
+      "num_items": len(item_source), "metrics": summaries,
   }
+  export = None
+  if save_predictions:  # every host takes part in the gathers; process 0 writes
+    export = {k: _gather(pred[k]) for k in ("maps", "boxes", "box_source", "source_class", "id")}
   if jax.process_index() == 0:
     out_dir = os.path.join(workdir, "eval")
-    os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, f"{split}_{step}.json"), "w") as f:
-      json.dump(result, f, indent=2, default=float)
-    _write_png(config, pred, os.path.join(out_dir, f"{split}_{step}.png"))
+    stem = os.path.join(out_dir, f"{split}_{step}")
+    write_json(f"{stem}.json", result)
+    write_csv(f"{stem}.csv", item_table(item_ids, item_source, item_class, per_items))
+    n = min(len(pred["image_uint8"]), config.eval.num_visualize)
+    write_heatmaps(f"{stem}.png", pred["image_uint8"][:n], pred["maps"][:n], pred["boxes"][:n],
+                   pred["box_source"][:n], pred["source_class"][:n], tau)
+    if export is not None:
+      arrays = prediction_arrays(export, tau, step)
+      _atomic_write(f"{stem}_predictions.npz", lambda tmp: predictions.save(tmp, **arrays))
   return result
 
 
-def _write_png(config, pred, path: str) -> None:
-  n = min(len(pred["image_uint8"]), config.eval.num_visualize)
-  if n == 0:
-    return
-  maps = pred["maps"][:n]
-  num_sources = maps.shape[1]
-  post = postprocess.avgn_official(maps.reshape(-1, *maps.shape[2:]), tau=config.model.get("tau", 0.03),
-                                   out_hw=(GT_SIZE, GT_SIZE))
-  heat = np.asarray(post["pred"]).reshape(n, num_sources, GT_SIZE, GT_SIZE)
-  infer = np.asarray(post["infer"]).reshape(n, num_sources, GT_SIZE, GT_SIZE)
-  visualize.heatmap_grid(pred["image_uint8"][:n], heat, infer, pred["boxes"][:n], pred["box_source"][:n],
-                         pred["source_class"][:n], path)
+def evaluate_all(config, model, variables, mesh, workdir: str, step: int, writer=None, *,
+                 splits: list[str] | None = None, localize_fn=None,
+                 save_predictions: bool = False) -> dict[str, Any]:
+  """Evaluates `splits` (default config.dataset.eval_splits); logs a table and writes `eval/{split}/*` scalars.
 
-
-def evaluate_all(config, model, variables, mesh, workdir: str, step: int, writer=None) -> dict[str, Any]:
-  """Evaluates every split in config.dataset.eval_splits; logs a table and writes scalars."""
-  localize_fn = make_localize_fn(config, model, mesh)
+  `localize_fn` (from make_localize_fn) can be passed in so that many checkpoints share one compilation.
+  """
+  localize_fn = localize_fn or make_localize_fn(config, model, mesh)
   results = {}
-  for split in config.dataset.eval_splits:
-    results[split] = evaluate_split(config, model, variables, mesh, workdir, step, split, localize_fn)
+  for split in (config.dataset.eval_splits if splits is None else splits):
+    results[split] = evaluate_split(config, model, variables, mesh, workdir, step, split, localize_fn,
+                                    save_predictions=save_predictions)
     logging.info("Eval %s at step %d:\n%s", split, step, format_table(results[split]))
     if writer is not None:
       scalars = {f"eval/{split}/{k}": v for k, v in results[split]["metrics"]["model"].items()
                  if isinstance(v, (int, float, np.floating)) and k != "n_samples"}
       writer.write_scalars(step, scalars)
   return results
+
+
+def score_predictions_file(path: str, output: str | None = None, *, protocol: str = "official",
+                           map_range: str | None = None, tau: float | None = None, baselines: bool = True,
+                           num_visualize: int = 16, seed: int = 0) -> dict[str, Any]:
+  """Scores a predictions file (avl_jax/metrics/predictions.py schema) like a checkpoint's split.
+
+  Writes `output` (default: the file with .json), the per-item CSV beside it (.csv) and, when the file has
+  `frames`, the PNG (.png). Runs on one process (the items are not sharded).
+
+  Args:
+    path: the .npz predictions file.
+    output: result JSON path.
+    protocol: 'official' | 'standard'.
+    map_range, tau: override the file's (predictions.load).
+    baselines: also score the centre-prior and random maps at the maps' resolution.
+    num_visualize: examples drawn in the PNG.
+    seed: seed of the random baseline.
+
+  Returns:
+    the JSON's content.
+
+  Raises:
+    predictions.PredictionsError: the file violates the schema.
+  """
+  items = predictions.load(path, protocol, map_range, tau)
+  summaries, per_items = score_items(items.raw_maps, items.gt, items.nbox, protocol=protocol, tau=items.tau,
+                                     map_range=items.map_range, baselines=baselines, seed=seed, multihost=False)
+  result = {
+      "predictions": os.path.abspath(path), "step": items.step, "protocol": protocol,
+      "map_range": items.map_range, "tau": items.tau, "num_examples": items.num_examples,
+      "num_items": len(items.nbox), "metrics": summaries,
+  }
+  stem = os.path.splitext(output or path)[0]
+  if jax.process_index() == 0:
+    write_json(output or f"{stem}.json", result)
+    item_ids = [items.ids[i] for i in items.example]
+    write_csv(f"{stem}.csv", item_table(item_ids, items.source, items.class_id, per_items, items.gt[0].size))
+    if items.frames is not None and num_visualize > 0:
+      _write_file_heatmaps(f"{stem}.png", items, num_visualize)
+  return result
+
+
+def _write_file_heatmaps(path: str, items: predictions.Items, num_visualize: int) -> None:
+  """The PNG of a predictions file: its used slots, boxes per source, classes (or slot names)."""
+  n = min(items.num_examples, num_visualize)
+  num_slots = items.boxes_xyxy.shape[1]
+  raw = np.zeros((n, num_slots, *items.raw_maps.shape[1:]), np.float32)
+  first = items.example < n
+  raw[items.example[first], items.source[first]] = items.raw_maps[first]
+  used = np.arange(num_slots)[None, :] < items.num_sources[:n, None]
+  class_names = None
+  source_class = np.full((n, num_slots), -1, np.int64)
+  source_class[items.example[first], items.source[first]] = items.class_id[first]
+  if np.any(source_class[used] < 0):  # no class ids: label the panels by slot
+    source_class = np.where(used, np.arange(num_slots)[None, :], -1)
+    class_names = [f"source {s}" for s in range(num_slots)]
+  boxes = items.boxes_xyxy[:n]
+  box_source = np.where(np.all(boxes == -1, axis=-1), -1, np.arange(num_slots)[None, :, None])
+  write_heatmaps(path, items.frames[:n], raw, boxes.reshape(n, -1, 4), box_source.reshape(n, -1), source_class,
+                 items.tau, class_names)
 
 
 TABLE_KEYS = ("ciou_mean", "ciou_frac@0.3", "ciou_frac@0.5", "auc", "pixel_ap", "piap_official")
@@ -182,5 +400,3 @@ def format_table(result: dict[str, Any], keys=TABLE_KEYS) -> str:
   for method, summary in result["metrics"].items():
     rows.append(f"{method:<14}" + "".join(f"{float(summary.get(k, float('nan'))):>15.4f}" for k in keys))
   return "\n".join(rows)
-
-

@@ -1,68 +1,390 @@
-r"""Evaluation binary: restores a checkpoint of a training workdir and scores the eval splits.
+r"""Evaluation binary: scores the checkpoints of a training workdir, or saved heat maps of any method.
 
-  python -m avl_jax.evaluate --config=configs/avgn_synthetic.py --workdir=/tmp/avgn [--step=N] [--splits=a,b]
+Checkpoints (restored onto the current mesh; every host scores its own shard of each split):
+  python -m avl_jax.evaluate --config=configs/synthetic_av.py --workdir=DIR [--step=N] [--splits=a,b]
+  python -m avl_jax.evaluate --config=configs/synthetic_av.py --workdir=DIR --all [--watch]
+Converted PyTorch weights (`python -m avl_jax.convert`), no training checkpoint; results go to DIR/eval/ as step 0:
+  python -m avl_jax.evaluate --config=configs/avgn_vggsound_duet.py --workdir=DIR --weights=weights/avgn_official
+Saved maps (no model, no checkpoint; schema in avl_jax/metrics/predictions.py and README.md):
+  python -m avl_jax.evaluate --predictions=FILE.npz --protocol=official --output=FILE.json
 
-Writes `{workdir}/eval/{split}_{step}.json` (every metric for the model and both trivial baselines, the protocol,
-the step and the sample counts) and `{split}_{step}.png` (heat maps over the first frames with GT boxes), and
-prints a metrics table. Exits non-zero with a clear message when the workdir has no checkpoint.
+A checkpoint evaluation writes `DIR/eval/{split}_{step}.json` (every metric of the model and of the centre-prior
+and random baselines, the protocol, the step, the sample counts), `{split}_{step}.csv` (one row per (example,
+source) item), `{split}_{step}.png` (heat-map overlays), TensorBoard scalars `eval/{split}/{metric}` under
+`DIR/eval/tensorboard`, and records the step in the ledger `DIR/eval/evaluated.json`. `--all` evaluates every
+checkpoint the ledger does not list, oldest first, and rewrites the ledger (atomically) after each checkpoint:
+killed at any point, a rerun redoes at most the checkpoint it was on. `--watch` keeps polling beside a training
+job until the final step (config.num_train_steps) is evaluated or `--watch_timeout` passes without a new
+checkpoint.
+
+Exit codes: 0 success; 1 a missing checkpoint, dataset or split, an empty split, or bad flags; 2 a predictions
+file that violates the schema (the message names the array and the index).
 """
+import collections.abc
+import datetime
+import json
 import os
 import sys
+import time
+from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 from absl import logging  # noqa: E402
+from clu import metric_writers  # noqa: E402
+import jax  # noqa: E402
+from jax.experimental import multihost_utils  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
+import numpy as np  # noqa: E402
 
 from avl_jax import checkpointing  # noqa: E402
 from avl_jax import eval_lib  # noqa: E402
+from avl_jax import input_pipeline  # noqa: E402
 from avl_jax import sharding  # noqa: E402
 from avl_jax import train  # noqa: E402
+from avl_jax.metrics import predictions  # noqa: E402
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir holding checkpoints/.")
-_STEP = flags.DEFINE_integer("step", None, "Checkpoint step to evaluate (default: the latest).")
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Experiment config file (checkpoint mode), e.g. configs/synthetic_av.py:tiny.", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir holding checkpoints/; results go to WORKDIR/eval/.")
+_STEP = flags.DEFINE_integer("step", None, "Checkpoint step to evaluate (default: the latest). Not with --all.")
+_ALL = flags.DEFINE_boolean(
+    "all", False, "Evaluate every checkpoint not yet listed in WORKDIR/eval/evaluated.json, oldest first; safe to "
+    "kill and rerun (the ledger is rewritten after each finished checkpoint).")
+_WATCH = flags.DEFINE_boolean(
+    "watch", False, "With --all: keep polling for new checkpoints (beside a training job); stop once the final "
+    "step (config.num_train_steps) is evaluated or after --watch_timeout seconds without a new checkpoint.")
+_POLL_SECONDS = flags.DEFINE_float("poll_seconds", 60.0, "With --watch: seconds between checkpoint listings.")
+_WATCH_TIMEOUT = flags.DEFINE_float(
+    "watch_timeout", 3600.0, "With --watch: stop after this many seconds without a new checkpoint.")
+_WEIGHTS = flags.DEFINE_string(
+    "weights", None, "Evaluate a converted-weights directory (written by `python -m avl_jax.convert`, e.g. an "
+    "official AVGN checkpoint) instead of a training checkpoint; it must hold every variable of the config's "
+    "model. Results go to WORKDIR/eval/ as step 0. Not with --step or --all.")
 _SPLITS = flags.DEFINE_list("splits", None, "Eval splits (default: config.dataset.eval_splits).")
-flags.mark_flags_as_required(["config", "workdir"])
+_PROTOCOL = flags.DEFINE_enum(
+    "protocol", None, ["official", "standard"], "Metric protocol, spec/metrics.md §6 (default: "
+    "config.eval.protocol; with --predictions: official).")
+_SAVE_PREDICTIONS = flags.DEFINE_boolean(
+    "save_predictions", False, "Checkpoint mode: also export each split's raw maps and GT boxes to "
+    "WORKDIR/eval/{split}_{step}_predictions.npz (the --predictions schema).")
+_PREDICTIONS = flags.DEFINE_string(
+    "predictions", None, "Score the saved maps of this .npz (schema: avl_jax/metrics/predictions.py, README) "
+    "without a model; no --config or --workdir.")
+# allow_override: the converter binary (avl_jax/convert/__main__.py) also defines a string --output, and the test
+# suite imports both modules into one process; the later definition replaces the earlier and both read it by name.
+_OUTPUT = flags.DEFINE_string(
+    "output", None, "With --predictions: the result JSON (default: the .npz path with .json); the per-item CSV "
+    "(and, if the file has frames, the PNG) are written beside it.", allow_override=True)
+_MAP_RANGE = flags.DEFINE_enum(
+    "map_range", None, list(predictions.MAP_RANGES), "With --predictions: what the map values are: 'logits' "
+    "(AVGN, fixed range +-1/tau), 'unit' (scores in [0, 1]), 'minmax' (anything; per-map min-max). Default: the "
+    "file's `map_range`, else minmax. Only the confidence (slavc_ap, f1) depends on it.")
+_TAU = flags.DEFINE_float("tau", None, "With --predictions and map_range=logits: temperature (default: the file's "
+                          "`tau`, else 0.03).")
+_BASELINES = flags.DEFINE_boolean(
+    "baselines", True, "With --predictions: also score the centre-prior and random maps at the maps' resolution.")
+_NUM_VISUALIZE = flags.DEFINE_integer(
+    "num_visualize", 16, "With --predictions: examples drawn in the PNG (only when the file has `frames`).")
+
+LEDGER = "evaluated.json"
+_STOP, _WAIT = -1, -2  # Loop actions of evaluate_checkpoints besides "evaluate step N".
 
 
-def evaluate(config, workdir: str, step: int | None = None) -> dict:
-  """Restores `step` (or the latest) from `workdir` and evaluates every configured split."""
-  manager = checkpointing.create_manager(workdir, create=False)
-  steps = manager.all_steps()
+# ----------------------------------------------------------------------------------------------------- ledger
+
+def ledger_path(workdir: str) -> str:
+  return os.path.join(workdir, "eval", LEDGER)
+
+
+def read_ledger(workdir: str) -> dict[int, dict[str, Any]]:
+  """{step: {'splits': [...], 'protocol', 'time', 'seconds'}} of the finished checkpoints ({} if none yet)."""
+  path = ledger_path(workdir)
+  if not os.path.exists(path):
+    return {}
+  with open(path) as f:
+    try:
+      raw = json.load(f)
+    except json.JSONDecodeError as e:
+      raise FileNotFoundError(f"The evaluation ledger {path} is not valid JSON ({e}); fix or delete it.") from e
+  return {int(step): entry for step, entry in raw.items()}
+
+
+def write_ledger(workdir: str, ledger: dict[int, dict[str, Any]]) -> None:
+  """Atomic rewrite (temporary file + rename), process 0 only: a kill never leaves a partial ledger."""
+  if jax.process_index() == 0:
+    eval_lib.write_json(ledger_path(workdir), {str(step): ledger[step] for step in sorted(ledger)})
+
+
+def pending_splits(ledger: dict[int, dict[str, Any]], step: int, splits, protocol: str) -> list[str]:
+  """The splits of `step` not yet evaluated under `protocol`."""
+  entry = ledger.get(step)
+  if entry is None or entry.get("protocol") != protocol:
+    return list(splits)
+  return [split for split in splits if split not in entry["splits"]]
+
+
+# ----------------------------------------------------------------------------------------------- checkpoints
+
+class CheckpointEvaluator:
+  """Restores checkpoints of one workdir and evaluates them; each finished step is recorded in the ledger.
+
+  The model, abstract state and jitted localization are built once, on the first evaluation.
+  """
+
+  def __init__(self, config, workdir: str, *, save_predictions: bool = False):
+    self.config = config
+    self.workdir = workdir
+    self.save_predictions = save_predictions
+    self.manager = checkpointing.create_manager(workdir, create=False)
+    self.ledger = read_ledger(workdir)
+    self._built = None
+    self._writer = None
+
+  def steps(self) -> list[int]:
+    """The checkpoint steps on disk now (re-read: a training job may have added or deleted some)."""
+    self.manager.reload()
+    return sorted(self.manager.all_steps())
+
+  def pending(self, step: int) -> list[str]:
+    return pending_splits(self.ledger, step, self.config.dataset.eval_splits, self.config.eval.protocol)
+
+  def _build(self):
+    if self._built is None:
+      mesh = sharding.create_mesh(self.config.mesh)
+      model, _, _, _, abstract_state = train.build(self.config, mesh)
+      localize_fn = eval_lib.make_localize_fn(self.config, model, mesh)
+      self._built = (mesh, model, abstract_state, localize_fn)
+      self._writer = metric_writers.create_default_writer(
+          os.path.join(self.workdir, "eval", "tensorboard"), just_logging=jax.process_index() > 0,
+          asynchronous=False)
+    return self._built
+
+  def evaluate(self, step: int, splits: list[str] | None = None) -> dict[str, Any]:
+    """Restores `step`, evaluates `splits` (default: every configured one), records them; {split: result}."""
+    splits = list(self.config.dataset.eval_splits if splits is None else splits)
+    mesh, model, abstract_state, localize_fn = self._build()
+    start = time.time()
+    state = checkpointing.restore(self.manager, step, abstract_state)
+    with mesh:
+      results = eval_lib.evaluate_all(self.config, model, state.variables, mesh, self.workdir, step, self._writer,
+                                      splits=splits, localize_fn=localize_fn,
+                                      save_predictions=self.save_predictions)
+    self._writer.flush()
+    protocol = self.config.eval.protocol
+    previous = self.ledger.get(step, {})
+    done = set(previous.get("splits", [])) if previous.get("protocol") == protocol else set()
+    self.ledger[step] = {
+        "splits": sorted(done | set(splits)),
+        "protocol": protocol,
+        "time": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "seconds": round(time.time() - start, 1),
+    }
+    write_ledger(self.workdir, self.ledger)
+    return results
+
+  def close(self) -> None:
+    if self._writer is not None:
+      self._writer.close()
+
+
+def evaluate(config, workdir: str, step: int | None = None, *, save_predictions: bool = False) -> dict:
+  """Restores `step` (or the latest) from `workdir` and evaluates every configured split; {split: result}."""
+  evaluator = CheckpointEvaluator(config, workdir, save_predictions=save_predictions)
+  steps = evaluator.steps()
   if not steps:
     raise FileNotFoundError(f"No checkpoint found in {os.path.join(workdir, 'checkpoints')}.")
   if step is None:
     step = max(steps)
   elif step not in steps:
     raise FileNotFoundError(f"No checkpoint for step {step} in {workdir}; available steps: {sorted(steps)}.")
+  try:
+    return evaluator.evaluate(step)
+  finally:
+    evaluator.close()
+
+
+def evaluate_weights(config, workdir: str, weights_dir: str, *, save_predictions: bool = False) -> dict:
+  """Evaluates the variables of a converted-weights directory with `config`'s model; {split: result}.
+
+  Raises:
+    FileNotFoundError: `weights_dir` is not a converted-weights directory.
+    ValueError: the weights do not fit the model (a name or shape it lacks, or variables it needs missing).
+  """
   mesh = sharding.create_mesh(config.mesh)
   model, _, _, _, abstract_state = train.build(config, mesh)
-  state = checkpointing.restore(manager, step, abstract_state)
+  abstract = {"params": abstract_state.params, "batch_stats": abstract_state.batch_stats}
+  target = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), abstract)
+  loaded, metadata = checkpointing.load_variables(weights_dir)
+  variables, count = checkpointing.merge_variables(target, loaded, origin=f"--weights={weights_dir}")
+  total = len(jax.tree.leaves(target))
+  if count != total:
+    raise ValueError(f"--weights={weights_dir} holds {count} of the {total} variables of the model "
+                     f"({metadata.get('format')}: a partial set such as an encoder cannot be evaluated alone; "
+                     "use it as config.init_from for training).")
+  logging.info("Evaluating converted weights %s (format %s, source %s).", weights_dir, metadata.get("format"),
+               metadata.get("source"))
+  variables = jax.device_put(variables, sharding.replicated(mesh))
   with mesh:
-    results = eval_lib.evaluate_all(config, model, state.variables, mesh, workdir, step)
-  return results
+    return eval_lib.evaluate_all(config, model, variables, mesh, workdir, 0, None,
+                                 save_predictions=save_predictions)
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+def _from_process_0(action: np.ndarray) -> np.ndarray:
+  """Process 0's decision, on every host (their listings and clocks may differ; the collectives may not)."""
+  if jax.process_count() == 1:
+    return action
+  return np.asarray(multihost_utils.broadcast_one_to_all(action))
+
+
+def evaluate_checkpoints(config, workdir: str, *, watch: bool = False, poll_seconds: float = 60.0,
+                         watch_timeout: float = 3600.0, save_predictions: bool = False,
+                         sleep: collections.abc.Callable[[float], None] = time.sleep,
+                         clock: collections.abc.Callable[[], float] = time.monotonic) -> dict[int, dict[str, Any]]:
+  """`--all`: evaluates every checkpoint (and split) the ledger does not list, oldest first.
+
+  Args:
+    config: experiment config (its eval splits and protocol decide what counts as evaluated).
+    workdir: training workdir.
+    watch: keep polling for new checkpoints until config.num_train_steps is evaluated or `watch_timeout`
+      seconds pass without a new checkpoint.
+    poll_seconds: pause between listings when nothing is pending.
+    watch_timeout: see `watch`.
+    save_predictions: also export the maps of every split (eval_lib.evaluate_split).
+    sleep, clock: injectable for tests.
+
+  Returns:
+    {step: {split: result}} of the checkpoints evaluated by this call.
+
+  Raises:
+    FileNotFoundError: the workdir has no checkpoint (after waiting, with watch).
+  """
+  evaluator = CheckpointEvaluator(config, workdir, save_predictions=save_predictions)
+  splits = list(config.dataset.eval_splits)
+  if len(splits) > 31:  # pending splits travel between hosts as the bits of an int32
+    raise ValueError(f"--all supports at most 31 eval splits; got {len(splits)}.")
+  evaluated, seen = {}, set()
+  last_new = clock()
+  try:
+    while True:
+      steps = evaluator.steps()
+      if set(steps) - seen:
+        seen.update(steps)
+        last_new = clock()
+      todo = [(step, evaluator.pending(step)) for step in steps]
+      todo = [(step, pending) for step, pending in todo if pending]
+      if todo:
+        step, pending = todo[0]
+        action = (step, sum(1 << i for i, split in enumerate(splits) if split in pending))
+      elif not watch or not evaluator.pending(config.num_train_steps):
+        action = (_STOP, 0)
+      elif clock() - last_new > watch_timeout:
+        logging.warning("No new checkpoint in %s for %.0f s: stopping the watch.", workdir, watch_timeout)
+        action = (_STOP, 0)
+      else:
+        action = (_WAIT, 0)
+      step, mask = (int(v) for v in _from_process_0(np.asarray(action, np.int32)))
+      if step == _STOP:
+        break
+      if step == _WAIT:
+        logging.info("Waiting %.0f s for new checkpoints in %s.", poll_seconds, workdir)
+        sleep(poll_seconds)
+        continue
+      pending = [split for i, split in enumerate(splits) if mask >> i & 1]
+      logging.info("Evaluating step %d (%s).", step, ", ".join(pending))
+      try:
+        evaluated[step] = evaluator.evaluate(step, pending)
+      except Exception:  # pylint: disable=broad-except
+        if step in evaluator.steps():
+          raise
+        logging.warning("Checkpoint %d was deleted (max_to_keep) before it could be evaluated; skipped.", step)
+  finally:
+    evaluator.close()
+  if not seen:
+    raise FileNotFoundError(f"No checkpoint found in {os.path.join(workdir, 'checkpoints')}.")
+  return evaluated
+
+
+# ------------------------------------------------------------------------------------------------------- main
+
+def _check_flags() -> None:
+  """Flag combinations; raises app.UsageError (exit 1 with usage) on a conflict."""
+  def given(*names):
+    return [f"--{n}" for n in names if flags.FLAGS[n].present]
+
+  if _PREDICTIONS.value:
+    conflicts = given("config", "workdir", "step", "all", "watch", "splits", "save_predictions", "weights")
+    if conflicts:
+      raise app.UsageError(f"--predictions scores a file without a model; drop {', '.join(conflicts)}.")
+    return
+  conflicts = given("output", "map_range", "tau", "baselines", "num_visualize")
+  if conflicts:
+    raise app.UsageError(f"{', '.join(conflicts)} only apply with --predictions.")
+  if _CONFIG.value is None or not _WORKDIR.value:
+    raise app.UsageError("Give --config and --workdir (checkpoint mode) or --predictions=FILE.npz.")
+  if _ALL.value and _STEP.value is not None:
+    raise app.UsageError("--step and --all are exclusive.")
+  if _WEIGHTS.value and (_ALL.value or _STEP.value is not None):
+    raise app.UsageError("--weights evaluates converted weights, not checkpoints; drop --step/--all.")
+  if _WATCH.value and not _ALL.value:
+    raise app.UsageError("--watch needs --all.")
+
+
+def _print_results(results: dict[str, Any]) -> None:
+  for split, result in results.items():
+    print(f"\n{split} (step {result['step']}, {result['num_examples']} examples, {result['num_items']} sources, "
+          f"protocol {result['protocol']}):\n{eval_lib.format_table(result)}")
+
+
+def _fail(error: Exception, code: int) -> None:
+  logging.error("%s", error)
+  print(f"error: {error}", file=sys.stderr)
+  sys.exit(code)
+
+
+def _run() -> None:
+  if _PREDICTIONS.value:
+    result = eval_lib.score_predictions_file(
+        _PREDICTIONS.value, _OUTPUT.value, protocol=_PROTOCOL.value or "official", map_range=_MAP_RANGE.value,
+        tau=_TAU.value, baselines=_BASELINES.value, num_visualize=_NUM_VISUALIZE.value)
+    _print_results({os.path.basename(_PREDICTIONS.value): result})
+    return
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   tf.config.set_visible_devices([], "GPU")
   config = _CONFIG.value
   if _SPLITS.value:
     config.dataset.eval_splits = tuple(_SPLITS.value)
+  if _PROTOCOL.value:
+    config.eval.protocol = _PROTOCOL.value
+  if _WEIGHTS.value:
+    _print_results(evaluate_weights(config, _WORKDIR.value, _WEIGHTS.value, save_predictions=_SAVE_PREDICTIONS.value))
+    return
+  if _ALL.value:
+    evaluated = evaluate_checkpoints(config, _WORKDIR.value, watch=_WATCH.value, poll_seconds=_POLL_SECONDS.value,
+                                     watch_timeout=_WATCH_TIMEOUT.value, save_predictions=_SAVE_PREDICTIONS.value)
+    for _, results in sorted(evaluated.items()):
+      _print_results(results)
+    print(f"\nEvaluated {len(evaluated)} checkpoint(s) {sorted(evaluated)}; ledger: {ledger_path(_WORKDIR.value)}")
+    return
+  _print_results(evaluate(config, _WORKDIR.value, _STEP.value, save_predictions=_SAVE_PREDICTIONS.value))
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  _check_flags()
   try:
-    results = evaluate(config, _WORKDIR.value, _STEP.value)
-  except FileNotFoundError as e:
-    logging.error("%s", e)
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
-  for split, result in results.items():
-    print(f"\n{split} (step {result['step']}, {result['num_examples']} examples, {result['num_items']} sources, "
-          f"protocol {result['protocol']}):\n{eval_lib.format_table(result)}")
+    _run()
+  except predictions.PredictionsError as e:
+    _fail(e, 2)
+  except (FileNotFoundError, input_pipeline.DataError) as e:
+    _fail(e, 1)
+  except ValueError as e:
+    if not _WEIGHTS.value:
+      raise
+    _fail(e, 1)
 
 
 if __name__ == "__main__":

@@ -140,3 +140,21 @@ def test_convert_command_line(tmp_path):
   # Running again into the same directory fails cleanly with exit code 1.
   again = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
   assert again.returncode == 1 and "already exists" in again.stderr
+
+
+def test_evaluate_converted_weights(tiny_config, tmp_path):
+  """`evaluate --weights`: an official-format AVGN of the tiny config's shape is scored without training."""
+  from avl_jax import evaluate  # pylint: disable=g-import-not-at-top
+  config = tiny_config
+  config.dataset.eval_splits = ("test_duet",)
+  _, state_dict = _official_checkpoint(num_classes=config.dataset.num_classes, seed=7, **TINY_FIELDS)
+  np.savez(tmp_path / "best.npz", **state_dict)
+  convert_main.convert("avgn_torch", str(tmp_path / "best.npz"), str(tmp_path / "weights"), num_heads=4)
+  results = evaluate.evaluate_weights(config, str(tmp_path / "work"), str(tmp_path / "weights"))
+  assert results["test_duet"]["step"] == 0 and results["test_duet"]["num_items"] > 0
+  assert os.path.exists(tmp_path / "work" / "eval" / "test_duet_0.json")
+  # A partial set (the encoder only) cannot be evaluated on its own.
+  encoder = {"params": {"imgnet": {"conv1": {"kernel": np.zeros((7, 7, 3, 8), np.float32)}}}}
+  checkpointing.save_variables(str(tmp_path / "partial"), encoder, {"format": "torchvision_resnet18"})
+  with pytest.raises(ValueError, match=r"holds 1 of the \d+ variables of the model"):
+    evaluate.evaluate_weights(config, str(tmp_path / "work"), str(tmp_path / "partial"))

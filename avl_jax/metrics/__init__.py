@@ -8,4 +8,5 @@ Modules:
   aggregates   dataset-level metrics of the official evaluators (precision_at_*, calc_ap, AUC, F1,
                finalize_stats).
   localization per-map values and summaries; `score_maps` is the entry point of the eval binary.
+  predictions  the `.npz` schema of saved maps from any method (`--predictions`): save, validate, load.
 """

@@ -207,7 +207,7 @@ def score_predictions(pred: np.ndarray, gt: np.ndarray, nbox: np.ndarray, conf: 
 
 
 def score_maps(raw_maps: np.ndarray, gt: np.ndarray, nbox: np.ndarray, *, protocol: str = "official",
-               tau: float = 0.03, binarize: str = "median",
+               tau: float = 0.03, map_range: str = "logits", binarize: str = "median",
                fixed_threshold: float = postprocess.TVSL_THRESHOLD, chunk_size: int = DEFAULT_CHUNK,
                num_threads: Optional[int] = None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
   """Scores raw localization maps against GT maps: AVGN post-processing, per-map values, summary.
@@ -218,6 +218,8 @@ def score_maps(raw_maps: np.ndarray, gt: np.ndarray, nbox: np.ndarray, *, protoc
     nbox: [N] number of GT boxes per item (0 = not sounding).
     protocol: 'official' | 'standard' (spec/metrics.md §6; affects the summary).
     tau: model temperature of the fixed-range scores (only conf depends on it).
+    map_range: what the raw values are, `postprocess.map_scores`: 'logits' (AVGN, fixed range +-1/tau),
+      'unit' (scores in [0, 1]) or 'minmax' (per-map min-max); only conf depends on it.
     binarize: 'median' (AVGN) or 'fixed' (infer = pred >= fixed_threshold, T-VSL style).
     fixed_threshold: threshold of 'fixed'.
     chunk_size: maps per work unit.
@@ -228,6 +230,8 @@ def score_maps(raw_maps: np.ndarray, gt: np.ndarray, nbox: np.ndarray, *, protoc
   """
   if protocol not in PROTOCOLS:
     raise ValueError(f"Unknown protocol {protocol!r}; expected one of {PROTOCOLS}.")
+  if map_range not in postprocess.MAP_RANGES:
+    raise ValueError(f"Unknown map_range {map_range!r}; expected one of {postprocess.MAP_RANGES}.")
   raw_maps, gt = np.asarray(raw_maps), np.asarray(gt)
   nbox = np.asarray(nbox, np.int64).reshape(-1)
   _check_inputs(raw_maps, gt, nbox)
@@ -236,7 +240,7 @@ def score_maps(raw_maps: np.ndarray, gt: np.ndarray, nbox: np.ndarray, *, protoc
     per_sample = _empty_per_sample()
   else:
     def chunk(start, stop):
-      scores = postprocess.avgn_scores(postprocess.upsample_to(raw_maps[start:stop], out_hw), tau)
+      scores = postprocess.map_scores(postprocess.upsample_to(raw_maps[start:stop], out_hw), map_range, tau)
       pred = postprocess.minmax_normalize(scores)
       return map_values(pred, gt[start:stop], binarize, fixed_threshold, scores=scores)
 

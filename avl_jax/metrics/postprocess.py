@@ -8,6 +8,7 @@ Axis letters: N maps, h/w raw map size (7x7 for AVGN), H/W output size (224x224)
   kernel); float32 maps get a float32 H pass, within a few ulps of torch's float32 kernel (which also
   accumulates in float32).
 * `avgn_official`: AVGN `train.py validate` (§1.1) with its float32 arithmetic.
+* `map_scores`: the scores (conf's input) of maps from any method: AVGN logits, [0, 1] scores, or min-max.
 * `tvsl_official`: T-VSL `validate_multi` (§1.2): min-max, inversion, fixed threshold 0.3.
 """
 import functools
@@ -21,6 +22,7 @@ BICUBIC_A = -0.75
 # AVGN's evaluator hard-codes 224x224: conf averages the N/4 largest scores, thr is the ⌊N/2⌋-th sorted value.
 AVGN_OUT_HW = (224, 224)
 TVSL_THRESHOLD = 0.3
+MAP_RANGES = ("logits", "unit", "minmax")  # What raw map values are; see `map_scores`.
 
 
 def _cubic_coefficients(t: np.ndarray, a: float) -> np.ndarray:
@@ -161,6 +163,29 @@ def avgn_scores(upsampled: np.ndarray, tau: float = 0.03) -> np.ndarray:
   scores = upsampled - np.float32(low)
   scores /= np.float32(high - low)
   return scores
+
+
+def map_scores(upsampled: np.ndarray, map_range: str = "logits", tau: float = 0.03) -> np.ndarray:
+  """Scores [N, H, W] float32 of upsampled maps, by what the raw values are (conf is their top-quarter mean).
+
+  Args:
+    upsampled: [N, H, W] maps at the evaluation resolution.
+    map_range: 'logits' (AVGN logits in [-1/tau, 1/tau]: the official fixed-range `avgn_scores`), 'unit'
+      (scores already in [0, 1], e.g. probabilities: used as they are) or 'minmax' (any range: per-map
+      min-max, the generic choice for another method's maps).
+    tau: temperature of 'logits'.
+
+  Returns:
+    [N, H, W] float32. Their min-max (pred) is the upsampled map's min-max for every map_range (up to float32
+    rounding); only conf differs.
+  """
+  if map_range == "logits":
+    return avgn_scores(upsampled, tau)
+  if map_range == "unit":
+    return np.asarray(upsampled, np.float32)
+  if map_range == "minmax":
+    return minmax_normalize(np.asarray(upsampled, np.float32))
+  raise ValueError(f"Unknown map_range {map_range!r}; expected one of {MAP_RANGES}.")
 
 
 def top_quarter_mean(scores: np.ndarray, pred: Optional[np.ndarray] = None,

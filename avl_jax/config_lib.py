@@ -78,6 +78,10 @@ def base_config() -> ml_collections.ConfigDict:
       num_workers=2,       # grain worker processes (0: in-process)
       read_threads=2,      # decode threads per worker (read-ahead is 2 batches)
       worker_buffer_size=2,
+      # Eval of the real duet/multi datasets (spec/datasets.md §6-7):
+      eval_mix_partner_audio=True,  # sum the fixed partner's audio into the test mixture (False: the official
+                                    # vgginstruments_multi loader, which forgot it)
+      per_source_frames=True,       # localize each source on its own frame (duet tests store both frames)
   ))
 
   config.batch_size = 128       # global batch (split over devices and hosts)

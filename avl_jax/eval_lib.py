@@ -59,31 +59,49 @@ def make_localize_fn(config: ml_collections.ConfigDict, model, mesh):
 def predict_split(config, model, variables, mesh, split: str, localize_fn=None) -> dict[str, np.ndarray]:
   """Runs the model over this host's shard of `split`; returns host arrays of the valid examples.
 
+  With per-source frames (real duet/multi test sets store each source's own frame as `source_image`), source s
+  is localized on its own frame with the shared mixture audio, as the official `validate_multi` does.
+
   Returns: maps [n, S, h, w] float32 raw logits, source_class [n, S], boxes [n, NB, 4], box_source [n, NB],
-  ids [n, 64] uint8, and image_uint8 [min(n, num_visualize), H, W, 3].
+  ids [n, 64] uint8, image_uint8 [min(n, num_visualize), H, W, 3], `gt_format` (str, '' for synthetic_av), and
+  when the dataset has them boxes_raw [n, NB, 4] float64, gt_mask [n, S, 224, 224], has_gt_mask [n, S].
   """
   per_host = sharding.per_host_batch_size(config.eval_batch_size, mesh)
   data = input_pipeline.create_eval_dataset(config, split, per_host, jax.process_count())
   localize_fn = localize_fn or make_localize_fn(config, model, mesh)
-  keep = ("source_class", "boxes", "box_source", "id")
-  outputs = {k: [] for k in keep + ("maps", "mask")}
+  keep = ["source_class", "boxes", "box_source", "id"]
+  outputs = None
   frames = []
   row0 = jax.process_index() * per_host
   for batch in data.dataset:
+    if outputs is None:
+      keep += [k for k in ("boxes_raw", "gt_mask", "has_gt_mask") if k in batch]
+      outputs = {k: [] for k in keep + ["maps", "mask"]}
     inputs = sharding.host_to_global(
         {k: batch[k] for k in ("image", "waveform", "source_class")}, mesh)
-    class_ids = inputs["source_class"]
-    maps = localize_fn(variables, inputs["image"], inputs["waveform"], jax.numpy.maximum(class_ids, 0))
-    outputs["maps"].append(np.asarray(maps)[row0:row0 + per_host])
+    class_ids = jax.numpy.maximum(inputs["source_class"], 0)
+    if "source_image" in batch:
+      num_sources = batch["source_image"].shape[1]
+      per_source = []
+      for s in range(num_sources):
+        image_s = sharding.host_to_global({"image": batch["source_image"][:, s]}, mesh)["image"]
+        per_source.append(np.asarray(localize_fn(variables, image_s, inputs["waveform"], class_ids))[:, s])
+      maps = np.stack(per_source, axis=1)
+    else:
+      maps = np.asarray(localize_fn(variables, inputs["image"], inputs["waveform"], class_ids))
+    outputs["maps"].append(maps[row0:row0 + per_host])
     outputs["mask"].append(batch["mask"])
     for k in keep:
       outputs[k].append(batch[k])
     if sum(len(f) for f in frames) < config.eval.num_visualize:
       frames.append(batch["image_uint8"])
+  if outputs is None:
+    raise input_pipeline.DataError(f"Split {split!r} of {config.dataset.name!r} produced no batch.")
   result = {k: np.concatenate(v) for k, v in outputs.items()}
   valid = result.pop("mask") > 0
   result = {k: v[valid] for k, v in result.items()}
   result["image_uint8"] = np.concatenate(frames)[valid[:sum(len(f) for f in frames)]][:config.eval.num_visualize]
+  result["gt_format"] = getattr(data, "gt_format", "") or ""
   logging.info("Predicted %d examples of %s on this host (%d of %d in the split).", valid.sum(), split,
                valid.sum(), data.num_examples)
   return result
@@ -110,14 +128,43 @@ def baseline_maps(kind: str, shape: tuple[int, ...], tau: float, seed: int = 0,
   raise ValueError(f"Unknown baseline {kind!r}; expected 'center_prior' or 'random'.")
 
 
-def source_items(pred: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def item_gt_map(pred: dict[str, Any], i: int, s: int, protocol: str) -> tuple[np.ndarray, int]:
+  """GT map [224, 224] and box count of source s of example i, by the dataset's official GT format.
+
+  synthetic_av (no format): the union of the source's normalised xyxy boxes. Real datasets: masks
+  (VGGSound-Instruments, values as stored / binarised); otherwise the boxes rasterised as the official loader
+  does under `official` (from the raw official values, so MUSIC's xywh-read-as-xyxy quirk and the summed
+  VGGSound maps are reproduced), and the converted xyxy boxes, binarised, under `standard`.
+  """
+  gt_format = pred.get("gt_format", "")
+  in_source = pred["box_source"][i] == s
+  nbox = int(in_source.sum())
+  size = (GT_SIZE, GT_SIZE)
+  if "gt_mask" in pred and gt_format.startswith("vgginstruments"):
+    mask = np.asarray(pred["gt_mask"][i, s], np.float64)
+    has = bool(pred["has_gt_mask"][i, s]) if "has_gt_mask" in pred else True
+    gt = (mask > 0).astype(np.float64) if protocol == "standard" else mask
+    return gt.astype(np.float32), int(has)
+  if not gt_format:
+    return gt_maps.boxes_to_gt_map(pred["boxes"][i][in_source], size=size, combine="binarize"), nbox
+  if protocol == "official" and "boxes_raw" in pred:
+    raw = pred["boxes_raw"][i][in_source]
+    pixels = (gt_maps.music_pixels(raw, "official") if gt_format.startswith("music")
+              else gt_maps.normalized_to_pixels(raw))
+  else:
+    pixels = gt_maps.normalized_to_pixels(pred["boxes"][i][in_source])
+  return gt_maps.pixel_boxes_to_gt_map(pixels.reshape(-1, 4), gt_format, protocol).astype(np.float32), nbox
+
+
+def source_items(pred: dict[str, Any], protocol: str = "official"
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
   """Flattens (example, source) pairs with a real source; returns (example idx, source idx, GT maps, nbox)."""
   example_idx, source_idx = np.nonzero(pred["source_class"] >= 0)
   gts, nbox = [], []
   for i, s in zip(example_idx, source_idx):
-    boxes = pred["boxes"][i][pred["box_source"][i] == s]
-    gts.append(gt_maps.boxes_to_gt_map(boxes, size=(GT_SIZE, GT_SIZE), combine="binarize"))
-    nbox.append(len(boxes))
+    gt, count = item_gt_map(pred, i, s, protocol)
+    gts.append(gt)
+    nbox.append(count)
   gt = np.stack(gts) if gts else np.zeros((0, GT_SIZE, GT_SIZE), np.float32)
   return example_idx, source_idx, gt, np.asarray(nbox, np.int64)
 
@@ -279,7 +326,7 @@ def evaluate_split(config, model, variables, mesh, workdir: str, step: int, spli
   """Predicts, scores and (process 0) writes the JSON, CSV and PNG of one split; returns the JSON's content."""
   pred = predict_split(config, model, variables, mesh, split, localize_fn)
   tau = config.model.get("tau", 0.03)
-  example_idx, source_idx, gt, nbox = source_items(pred)
+  example_idx, source_idx, gt, nbox = source_items(pred, config.eval.protocol)
   summaries, per_items = score_items(pred["maps"][example_idx, source_idx], gt, nbox,
                                      protocol=config.eval.protocol, tau=tau, baselines=config.eval.baselines,
                                      seed=config.seed)

@@ -2,6 +2,11 @@
 # The test suite: bash launch/test.sh [extra pytest args]
 # Creates/reuses .venv, installs avl_jax[test], then runs the fast tests and the slow group (never skipped).
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh" test
+# The Beam data path is compared with the local one (tests/datasets_beam_test.py) in its own virtualenv:
+# apache-beam pins older protobuf/Pillow/pyarrow than the main stack. AVL_SKIP_BEAM_VENV=1 skips creating it.
+if [ "${AVL_SKIP_BEAM_VENV:-0}" != "1" ]; then
+  (AVL_VENV="${AVL_BEAM_VENV:-$REPO/.venv-beam}" source "$REPO/launch/env.sh" beam)
+fi
 run() {
   # pytest exits 5 when a selection collects no tests: that is not a failure of the suite.
   set +e; python -m pytest "$@"; local rc=$?; set -e

@@ -1,0 +1,246 @@
+"""Raw-file reading (avl_jax/datasets/raw.py), items, metadata parsing and the bundled official metadata."""
+import json
+import os
+import pickle
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+import avl_jax.datasets  # noqa: F401  (registers the builders)
+from avl_jax.datasets import builder_lib
+from avl_jax.datasets import fake_raw
+from avl_jax.datasets import items
+from avl_jax.datasets import metadata
+from avl_jax.datasets import raw
+
+OPTIONS = raw.DecodeOptions(sample_rate=16000, audio_seconds=1.0)
+
+
+# -- Audio. --------------------------------------------------------------------------------------------------------
+
+
+def test_read_wav_averages_channels_and_scales(tmp_path):
+  path = str(tmp_path / "a.wav")
+  left, right = np.full(100, 0.5, np.float32), np.full(100, -0.25, np.float32)
+  fake_raw.write_wav(path, np.stack([left, right], axis=1), rate=8000)
+  samples, rate = raw.read_wav(path)
+  assert rate == 8000 and samples.shape == (100,) and samples.dtype == np.float32
+  np.testing.assert_allclose(samples, 0.125, atol=1e-4)
+
+
+def test_truncated_and_garbage_wavs_are_unreadable(tmp_path):
+  path = str(tmp_path / "a.wav")
+  fake_raw.write_wav(path, np.zeros((1000, 1), np.float32))
+  fake_raw._truncate(path, 0.5)
+  with pytest.raises(raw.SkipError, match="truncated") as e:
+    raw.read_wav(path)
+  assert e.value.reason == "unreadable_audio"
+  (tmp_path / "b.wav").write_bytes(b"RIFF garbage")
+  with pytest.raises(raw.SkipError) as e:
+    raw.read_wav(str(tmp_path / "b.wav"))
+  assert e.value.reason == "unreadable_audio"
+
+
+def test_resample_length_and_tone():
+  t = np.arange(22050) / 22050
+  tone = np.sin(2 * np.pi * 440 * t).astype(np.float32)
+  out = raw.resample(tone, 22050, 16000)
+  assert out.shape == (16000,)
+  spectrum = np.abs(np.fft.rfft(out))
+  assert abs(np.argmax(spectrum) - 440) <= 1  # 1 s -> bins are 1 Hz
+
+
+def test_window_audio_centre_and_records():
+  clip = np.linspace(-0.5, 0.5, 40000, dtype=np.float32)  # 2.5 s at 16 kHz
+  window, record = raw.window_audio(clip, 16000, OPTIONS, "x.wav")
+  start = 40000 // 2 - 16000 // 2
+  np.testing.assert_array_equal(window, np.round(clip[start:start + 16000] * 32767).astype(np.int16))
+  assert record == {"rate": 16000, "samples": 40000, "offset": start, "fill": "none", "clipped": 0}
+  whole, record = raw.window_audio(clip, 16000, raw.DecodeOptions(audio_seconds=0.0), "x.wav")
+  assert whole.shape == (40000,) and record["offset"] == 0
+
+
+@pytest.mark.parametrize("policy,fill", [("tile", "tiled"), ("pad", "padded")])
+def test_short_audio_policies_are_recorded(policy, fill):
+  clip = np.full(8000, 0.5, np.float32)  # 0.5 s < the 1 s window
+  with pytest.raises(raw.SkipError) as e:
+    raw.window_audio(clip, 16000, OPTIONS, "short.wav")
+  assert e.value.reason == "audio_too_short"
+  options = raw.DecodeOptions(sample_rate=16000, audio_seconds=1.0, short_audio=policy)
+  window, record = raw.window_audio(clip, 16000, options, "short.wav")
+  assert window.shape == (16000,) and record["fill"] == fill
+  np.testing.assert_array_equal(window[:8000], 16384)
+  np.testing.assert_array_equal(window[8000:], 16384 if policy == "tile" else 0)
+
+
+def test_tiny_audio_is_too_short_whatever_the_policy():
+  with pytest.raises(raw.SkipError, match="audio_too_short"):
+    raw.window_audio(np.zeros(10, np.float32), 16000, raw.DecodeOptions(short_audio="tile"), "x.wav")
+
+
+# -- Images and videos. ---------------------------------------------------------------------------------------------
+
+
+def test_truncated_jpeg_is_unreadable(tmp_path):
+  path = str(tmp_path / "f.jpg")
+  fake_raw.write_jpeg(path, np.full((48, 64, 3), 100, np.uint8))
+  assert raw.read_image(path).shape == (48, 64, 3)
+  fake_raw._truncate(path, 0.3)
+  with pytest.raises(raw.SkipError) as e:
+    raw.read_image(path)
+  assert e.value.reason == "unreadable_image"
+
+
+def test_resize_short_side_records_sizes():
+  pixels, record = raw.resize_short_side(np.zeros((48, 64, 3), np.uint8), 32)
+  assert pixels.shape == (32, 43, 3) and record == {"size": [48, 64], "stored_size": [32, 43]}
+
+
+def test_decode_video_middle_frame_index_and_audio(tmp_path):
+  path = str(tmp_path / "v.mp4")
+  frames = [np.full((48, 64, 3), fake_raw.frame_grey(k), np.uint8) for k in range(30)]  # 3 s at 10 fps
+  fake_raw.write_mp4(path, frames, fake_raw._tone("v", 3.0))
+  middle = raw.decode_video(path, frame_position=0.5)
+  assert middle.fps == 10.0 and middle.frame_time == pytest.approx(1.5, abs=0.051)
+  assert abs(float(middle.frame.mean()) - fake_raw.frame_grey(15)) < 4
+  indexed = raw.decode_video(path, frame_index=22)
+  assert indexed.frame_time == pytest.approx(2.2, abs=1e-6)
+  assert abs(float(indexed.frame.mean()) - fake_raw.frame_grey(22)) < 4
+  assert middle.audio_rate == fake_raw.AUDIO_RATE and abs(middle.audio.size / middle.audio_rate - 3.0) < 0.1
+  spectrum = np.abs(np.fft.rfft(middle.audio[:fake_raw.AUDIO_RATE]))  # first second: 1 Hz bins
+  assert abs(np.argmax(spectrum) - fake_raw.clip_frequency("v")) <= 2
+
+
+def test_video_errors(tmp_path):
+  silent = str(tmp_path / "silent.mp4")
+  fake_raw.write_mp4(silent, [np.zeros((48, 64, 3), np.uint8)] * 5, None)
+  with pytest.raises(raw.SkipError) as e:
+    raw.decode_video(silent)
+  assert e.value.reason == "no_audio_track"
+  broken = str(tmp_path / "broken.mp4")
+  fake_raw.write_mp4(broken, [np.zeros((48, 64, 3), np.uint8)] * 5, fake_raw._tone("b", 0.5))
+  fake_raw._truncate(broken, 0.4)
+  with pytest.raises(raw.SkipError) as e:
+    raw.decode_video(broken)
+  assert e.value.reason == "unreadable_video"
+
+
+def test_find_clip_files_layouts(tmp_path):
+  root = str(tmp_path)
+  fake_raw.write_clip(root, "a", "frames")
+  fake_raw.write_clip(root, "b", "video")
+  assert raw.find_clip_files(root, "a", "a", "a").frame.endswith("frames/a.jpg")
+  assert raw.find_clip_files(root, "b", "b", "b").video.endswith("b.mp4")
+  with pytest.raises(raw.SkipError) as e:
+    raw.find_clip_files(root, "b", "b", "b", layout="frames")
+  assert e.value.reason == "missing_files"
+  with pytest.raises(raw.SkipError, match="missing_files"):
+    raw.find_clip_files(root, "c", "c", "c")
+
+
+def test_read_mask_values_and_errors(tmp_path):
+  mask = np.zeros((5, 7), np.uint8)
+  mask[1:3, 2:5] = 1
+  for i, value in enumerate([mask, mask.astype(bool), {"mask": mask.astype(np.float64)}, mask[..., None]]):
+    path = tmp_path / f"m{i}.pkl"
+    path.write_bytes(pickle.dumps(value))
+    np.testing.assert_array_equal(raw.read_mask(str(path)), mask)
+  bad = tmp_path / "bad.pkl"
+  bad.write_bytes(pickle.dumps(np.full((3, 3), 0.5)))
+  with pytest.raises(raw.SkipError, match="unreadable_mask"):
+    raw.read_mask(str(bad))
+
+
+# -- Boxes, metadata. ------------------------------------------------------------------------------------------------
+
+
+def test_music_xywh_boxes_become_xyxy():
+  # spec/metrics.md §2: xywh [0.25, 0.25, 0.5, 0.5] covers [0.25, 0.75) on both axes.
+  boxes, clipped = items.normalized_xyxy(np.array([[0.25, 0.25, 0.5, 0.5]]), "xywh")
+  np.testing.assert_allclose(boxes, [[0.25, 0.25, 0.75, 0.75]])
+  assert not clipped
+  boxes, clipped = items.normalized_xyxy(np.array([[0.1, 0.2, 1.3, -2.9e16]]), "xyxy")
+  np.testing.assert_allclose(boxes, [[0.1, 0.2, 1.0, 0.0]])
+  assert clipped
+
+
+@pytest.mark.parametrize("value", [[0.1, 0.2, 0.3], [0.1, 0.2, "x", 0.4], [0.1, float("nan"), 0.2, 0.3], None,
+                                   [True, 0.1, 0.2, 0.3]])
+def test_malformed_boxes(value):
+  with pytest.raises(raw.SkipError) as e:
+    items.check_box(value, "boxes.json")
+  assert e.value.reason == "malformed_box"
+
+
+def test_underscore_class_names():
+  assert metadata.underscore_class("female speech, woman speaking") == "female_speech_woman_speaking"
+  assert metadata.underscore_class("elk bugling") == "elk_bugling"
+
+
+def test_manual_metadata_overrides_bundled(tmp_path):
+  assert metadata.find("music_solo.json", str(tmp_path)).origin == "bundled"
+  (tmp_path / "metadata").mkdir()
+  (tmp_path / "metadata" / "music_solo.json").write_text(json.dumps([]))
+  found = metadata.find("music_solo.json", str(tmp_path))
+  assert found.origin == "manual" and found.path == str(tmp_path / "metadata" / "music_solo.json")
+  assert metadata.find("vggsound_single_train.txt", str(tmp_path), bundled=False) is None
+
+
+def test_bundled_metadata_has_its_license_and_attribution():
+  assert (metadata.BUNDLED_DIR / "LICENSE").read_text().lstrip().startswith("Apache License")
+  readme = (metadata.BUNDLED_DIR / "README.md").read_text()
+  assert "stoneMo/AVGN" in readme and "Apache License" in readme
+
+
+@pytest.mark.parametrize("name,split,count", [
+    ("music/solo", "test", 2124), ("music/duet", "test", 1020), ("music/solo", "train", 44532),
+    ("vggsound/single", "test", 5158), ("vggsound/duet", "test", 5158), ("vgginstruments/single", "test", 446),
+    ("vgginstruments/multi", "test", 446), ("vgginstruments/single", "train", 33934)])
+def test_bundled_metadata_parses_completely(tmp_path, name, split, count):
+  """Every row of the official files becomes an item (no malformed rows or boxes, classes all known)."""
+  builder = tfds.builder(name, data_dir=str(tmp_path))
+  parsed = builder._split_items(split, str(tmp_path))  # pylint: disable=protected-access
+  assert len(parsed.items) == count and not parsed.skipped
+  assert all(f.origin == "bundled" for f in parsed.files)
+
+
+def test_bundled_metadata_content():
+  solo = tfds.builder("music/solo")._split_items("test", "/nonexistent")  # pylint: disable=protected-access
+  first = solo.items[0]
+  assert first.example_id == "-_-TDDxoaAc_000_00000" and first.box_format == "xywh"
+  assert first.clip.video_name == "-_-TDDxoaAc" and first.clip.frame_index == 0
+  duet = tfds.builder("vggsound/duet")._split_items("test", "/nonexistent")  # pylint: disable=protected-access
+  item = duet.items[0]
+  assert (item.example_id, item.partner_id) == ("zpWuikVorYg_000032", "Rtg1SUrxOPY_000130")
+  assert item.box_format == "xyxy" and set(item.box_source) == {0, 1}
+  counts = np.bincount([len(i.boxes) for i in
+                        tfds.builder("vggsound/single")._split_items("test", "/x").items])  # pylint: disable=protected-access
+  np.testing.assert_array_equal(counts[1:], [4619, 385, 94, 37, 18, 3, 2])  # spec/datasets.md §4
+
+
+def test_missing_vggsound_train_list_is_a_clear_error(tmp_path):
+  with pytest.raises(FileNotFoundError, match="vggsound_single_train.txt"):
+    tfds.builder("vggsound/single")._split_items("train", str(tmp_path))  # pylint: disable=protected-access
+
+
+def test_config_overrides_and_validation(tmp_path):
+  builder = tfds.builder("music/solo", data_dir=str(tmp_path), config_overrides={"frame_short_side": 128})
+  assert builder.builder_config.frame_short_side == 128 and builder.builder_config.name == "solo"
+  with pytest.raises(ValueError, match="num_classes"):
+    tfds.builder("music/solo", data_dir=str(tmp_path), config_overrides={"num_classes": 3})
+  with pytest.raises(ValueError, match="short_audio"):
+    tfds.builder("music/solo", data_dir=str(tmp_path), config_overrides={"short_audio": "loop"})
+
+
+def test_skip_report_round_trip(tmp_path):
+  skipped = [items.Skipped(3, "b", "/x/b.jpg", "unreadable_image", 'OSError: "bad", really'),
+             items.Skipped(1, "a", "/x/a.mp4", "missing_files")]
+  path = str(tmp_path / "r.csv")
+  builder_lib.write_report(path, skipped)
+  rows = builder_lib.read_report(path)
+  assert [r["id"] for r in rows] == ["a", "b"]  # metadata (key) order
+  assert rows[1]["detail"] == 'OSError: "bad", really' and set(rows[0]) == set(builder_lib.REPORT_COLUMNS)
+  line = builder_lib._report_line(skipped[0])  # pylint: disable=protected-access
+  assert builder_lib._parse_report_lines(line + "\n") == [skipped[0]]  # pylint: disable=protected-access
+  assert os.path.exists(path)

@@ -100,6 +100,13 @@ def predict_split(config, model, variables, mesh, split: str, localize_fn=None) 
   result = {k: np.concatenate(v) for k, v in outputs.items()}
   valid = result.pop("mask") > 0
   result = {k: v[valid] for k, v in result.items()}
+  bad = ~np.isfinite(result["maps"]).all(axis=tuple(range(1, result["maps"].ndim)))
+  if bad.any():
+    names = input_pipeline.decode_ids(result["id"][bad][:5])
+    raise FloatingPointError(
+        f"The model produced non-finite heat maps for {int(bad.sum())} of {len(bad)} examples of {split!r} "
+        f"(first: {names}). The weights are broken (diverged training, or converted weights with invalid "
+        "BatchNorm statistics); nothing was scored.")
   result["image_uint8"] = np.concatenate(frames)[valid[:sum(len(f) for f in frames)]][:config.eval.num_visualize]
   result["gt_format"] = getattr(data, "gt_format", "") or ""
   logging.info("Predicted %d examples of %s on this host (%d of %d in the split).", valid.sum(), split,

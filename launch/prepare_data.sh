@@ -19,7 +19,7 @@
 #                       --set frame_short_side=246 --set audio_seconds=5 --set num_workers=8 --set splits=test
 #   --max_missing_fraction F   fail when more than this fraction of a split is skipped (default 0.5)
 #   --beam[=RUNNER]     run the same builder as an Apache Beam pipeline (default runner DirectRunner) in the
-#                       Beam virtualenv (.venv-beam, created with avl_jax[beam] on first use; AVL_BEAM_VENV to change)
+#                       Beam virtualenv (.venv-beam, created with avl_jax[beam,test] on first use; AVL_BEAM_VENV to change)
 #   --beam_options "…"  Beam pipeline options, e.g. for Dataflow:
 #                       --beam_options "--runner=DataflowRunner --project=P --region=R --temp_location=gs://B/tmp
 #                                       --setup_file=./setup.py"   (manual_dir and data_dir on gs:// then)
@@ -58,7 +58,7 @@ DATA_DIR="${POSITIONAL[3]:-$REPO/data/tfds}"
 if [ "${AVL_SKIP_INSTALL:-0}" != "1" ]; then
   if [ -n "$BEAM" ] || [ -n "$BEAM_OPTIONS" ]; then
     # apache-beam 2.77 pins protobuf<7, Pillow<13, pyarrow<26: it gets its own virtualenv.
-    AVL_VENV="${AVL_BEAM_VENV:-$REPO/.venv-beam}" source "$REPO/launch/env.sh" beam
+    AVL_VENV="${AVL_BEAM_VENV:-$REPO/.venv-beam}" source "$REPO/launch/env.sh" beam,test
   else
     source "$REPO/launch/env.sh"
   fi

@@ -5,7 +5,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/env.sh" test
 # The Beam data path is compared with the local one (tests/datasets_beam_test.py) in its own virtualenv:
 # apache-beam pins older protobuf/Pillow/pyarrow than the main stack. AVL_SKIP_BEAM_VENV=1 skips creating it.
 if [ "${AVL_SKIP_BEAM_VENV:-0}" != "1" ]; then
-  (AVL_VENV="${AVL_BEAM_VENV:-$REPO/.venv-beam}" source "$REPO/launch/env.sh" beam)
+  (AVL_VENV="${AVL_BEAM_VENV:-$REPO/.venv-beam}" source "$REPO/launch/env.sh" beam,test)
 fi
 run() {
   # pytest exits 5 when a selection collects no tests: that is not a failure of the suite.

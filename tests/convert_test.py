@@ -34,6 +34,9 @@ def _official_checkpoint(num_classes=8, seed=0, **fields):
   """Random variables of an AVGN and their official-style checkpoint ({'model': DDP state dict} flattened)."""
   model = avgn.AVGN(num_classes=num_classes, **fields)
   variables = _random_like(avgn_weights.abstract_model_variables(model), seed)
+  # BatchNorm variances must be positive, or eval-mode maps are NaN (which evaluate refuses to score).
+  variables["batch_stats"] = jax.tree_util.tree_map_with_path(
+      lambda path, v: np.abs(v) + 0.5 if path[-1].key == "var" else v, variables["batch_stats"])
   state_dict = avgn_weights.variables_to_torch_state_dict(variables)
   state_dict = {f"module.{k}": v for k, v in state_dict.items()}
   # The dead audio han_encoder branch of the official checkpoint: skipped with a log line.
@@ -153,6 +156,12 @@ def test_evaluate_converted_weights(tiny_config, tmp_path):
   results = evaluate.evaluate_weights(config, str(tmp_path / "work"), str(tmp_path / "weights"))
   assert results["test_duet"]["step"] == 0 and results["test_duet"]["num_items"] > 0
   assert os.path.exists(tmp_path / "work" / "eval" / "test_duet_0.json")
+  # Negative BatchNorm variances make NaN maps: refused with a clear error, not scored as garbage.
+  broken = {k: (-v if k.endswith("running_var") else v) for k, v in state_dict.items()}
+  np.savez(tmp_path / "broken.npz", **broken)
+  convert_main.convert("avgn_torch", str(tmp_path / "broken.npz"), str(tmp_path / "broken"), num_heads=4)
+  with pytest.raises(FloatingPointError, match="non-finite heat maps"):
+    evaluate.evaluate_weights(config, str(tmp_path / "work_broken"), str(tmp_path / "broken"))
   # A partial set (the encoder only) cannot be evaluated on its own.
   encoder = {"params": {"imgnet": {"conv1": {"kernel": np.zeros((7, 7, 3, 8), np.float32)}}}}
   checkpointing.save_variables(str(tmp_path / "partial"), encoder, {"format": "torchvision_resnet18"})

@@ -65,6 +65,10 @@ def test_beam_matches_local_in_the_beam_venv():
     pytest.skip("apache-beam is not installed in this environment and there is no Beam virtualenv at "
                 f"{REPO / '.venv-beam'}: create it with `bash launch/prepare_data.sh --beam --demo vggsound duet "
                 "/tmp/raw_demo` (or set AVL_BEAM_PYTHON), then rerun.")
+  has_pytest = subprocess.run([python, "-c", "import pytest, apache_beam"], capture_output=True, check=False)
+  assert has_pytest.returncode == 0, (
+      f"the Beam virtualenv's python ({python}) cannot import pytest and apache_beam: install "
+      "avl_jax[beam,test] into it (launch/test.sh does), then rerun.")
   result = subprocess.run(
       [python, "-m", "pytest", __file__, "-q", "-p", "no:cacheprovider", "-k", "inprocess"],
       cwd=REPO, capture_output=True, text=True, timeout=540, check=False,

@@ -3,6 +3,7 @@ r"""Converts PyTorch weights researchers already have into avl_jax variables che
   python -m avl_jax.convert --format=avgn_torch --input=best.pth --output=weights/avgn_vgginstruments
   python -m avl_jax.convert --format=torchvision_resnet18 --input=resnet18-f37072fd.pth --output=weights/resnet18
   python -m avl_jax.convert --format=audioclip --input=AudioCLIP-Full-Training.pt --output=weights/audioclip
+  python -m avl_jax.convert --format=tvsl --input=model_best.pth --output=weights/tvsl
 
 Formats:
   avgn_torch            an official AVGN checkpoint (stoneMo/AVGN `train.py` saves `{'model': state_dict, ...}`;
@@ -20,6 +21,13 @@ Formats:
                         (audio tower) -> the variables of `avl_jax.models.audioclip.AudioCLIP` (a partial file
                         gives its part of the tree). Unknown, missing or mis-shaped keys are errors; the
                         recomputed `audio.window`, the empty `audio.fbsp.bias` and BatchNorm counters are dropped.
+  tvsl                  a T-VSL training checkpoint (github enyac-group/T-VSL `main.py` saves `model_latest.pth`
+                        and `model_best.pth` = `{'model': DDP state dict, 'optimizer': ..., ...}`; 896 entries:
+                        AudioCLIP's 861 with their re-estimated BatchNorm statistics, plus the adapters, gates,
+                        `fusion_proj` and `logit_scale_ml`) -> the variables of `avl_jax.models.tvsl.TVSL`
+                        (released sizes). An AudioCLIP checkpoint gives only the `audioclip` subtree (merge it into
+                        freshly initialised T-VSL variables with `tvsl.params.with_audioclip`). Strict like
+                        `audioclip`. The class-text bank is not in the checkpoint: `tvsl.encode_text_bank`.
 
 Input: a `.pth`/`.pt` file (needs torch: `pip install -e .[convert]`) or an `.npz` of {PyTorch name: array}
 (no torch needed). Output: `{output}/variables/` (Orbax) and `{output}/avl_jax_variables.json` recording the
@@ -44,9 +52,10 @@ import numpy as np  # noqa: E402
 from avl_jax import checkpointing  # noqa: E402
 from avl_jax.convert import audioclip_weights  # noqa: E402
 from avl_jax.convert import avgn_weights  # noqa: E402
+from avl_jax.convert import tvsl_weights  # noqa: E402
 from avl_jax.models import avgn  # noqa: E402
 
-FORMATS = ("avgn_torch", "torchvision_resnet18", "audioclip")
+FORMATS = ("avgn_torch", "torchvision_resnet18", "audioclip", "tvsl")
 
 _FORMAT = flags.DEFINE_enum("format", None, FORMATS, "Layout of --input (see the module docstring).")
 _INPUT = flags.DEFINE_string("input", None, "The PyTorch checkpoint (.pth / .pt) or an .npz of named arrays.")
@@ -123,6 +132,8 @@ def convert(fmt: str, input_path: str, output_dir: str, *, num_heads: int = 8,
     raise ValueError(f"--format={fmt!r}; expected one of {FORMATS}.")
   if fmt == "audioclip":
     return _convert_audioclip(input_path, output_dir, unsafe_pickle=unsafe_pickle)
+  if fmt == "tvsl":
+    return _convert_tvsl(input_path, output_dir, unsafe_pickle=unsafe_pickle)
   raw = load_state_dict(input_path, unsafe_pickle=unsafe_pickle)
   state_dict = avgn_weights.unwrap_state_dict(raw)
   metadata = {"format": fmt, "source": os.path.abspath(input_path), "source_sha256": file_sha256(input_path)}
@@ -169,6 +180,22 @@ def _convert_audioclip(input_path: str, output_dir: str, *, unsafe_pickle: bool)
               "source_sha256": file_sha256(input_path), "model_name": "audioclip", "model": {},
               "checkpoint_kind": kind, "parts": list(audioclip_weights.PARTS[kind]), "subtree": ""}
   metadata["num_parameters"] = int(sum(np.size(v) for collection in variables.values() for v in _leaves(collection)))
+  checkpointing.save_variables(output_dir, variables, metadata)
+  return metadata
+
+
+def _convert_tvsl(input_path: str, output_dir: str, *, unsafe_pickle: bool, model=None) -> dict[str, Any]:
+  """--format=tvsl: a T-VSL checkpoint (or an AudioCLIP one: towers only) -> T-VSL variables.
+
+  `model` (tests): the target T-VSL sizes; default the released model.
+  """
+  state_dict = audioclip_weights.unwrap_state_dict(load_state_dict(input_path, unsafe_pickle=unsafe_pickle))
+  complete = tvsl_weights.is_tvsl_state_dict(state_dict)
+  variables = tvsl_weights.torch_state_dict_to_variables(state_dict, model)
+  metadata = {"format": "tvsl", "source": os.path.abspath(input_path), "source_sha256": file_sha256(input_path),
+              "model_name": "tvsl", "model": {}, "checkpoint_kind": "tvsl" if complete else "audioclip",
+              "subtree": "" if complete else "audioclip"}
+  metadata["num_parameters"] = int(sum(np.size(v) for tree in variables.values() for v in _leaves(tree)))
   checkpointing.save_variables(output_dir, variables, metadata)
   return metadata
 

@@ -212,6 +212,7 @@ class Bottleneck(nn.Module):
     groups: groups of the 3x3.
     downsample: whether the shortcut is a projection.
     dtype: computation dtype.
+    bn_groups: train-mode BatchNorm statistics per group of the batch (common.batch_norm).
   """
   planes: int
   width: int
@@ -219,22 +220,24 @@ class Bottleneck(nn.Module):
   groups: int = 32
   downsample: bool = False
   dtype: Any = jnp.float32
+  bn_groups: int = 1
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
     """x [B, H, W, D_in] -> [B, ceil(H / s), ceil(W / s), 4p]."""
     y = common.conv(self.width, (1, 1), name='conv1', dtype=self.dtype)(x)
-    y = nn.relu(common.batch_norm('bn1', dtype=self.dtype)(y, train=train))
+    y = nn.relu(common.batch_norm('bn1', dtype=self.dtype, groups=self.bn_groups)(y, train=train))
     y = common.conv(self.width, (3, 3), strides=self.strides, padding=(1, 1), groups=self.groups,
                     name='conv2', dtype=self.dtype)(y)
-    y = nn.relu(common.batch_norm('bn2', dtype=self.dtype)(y, train=train))
+    y = nn.relu(common.batch_norm('bn2', dtype=self.dtype, groups=self.bn_groups)(y, train=train))
     y = common.conv(4 * self.planes, (1, 1), name='conv3', dtype=self.dtype)(y)
-    y = common.batch_norm('bn3', dtype=self.dtype)(y, train=train)
+    y = common.batch_norm('bn3', dtype=self.dtype, groups=self.bn_groups)(y, train=train)
     residual = x
     if self.downsample:
       residual = common.conv(4 * self.planes, (1, 1), strides=self.strides, name='downsample_0',
                              dtype=self.dtype)(x)
-      residual = common.batch_norm('downsample_1', dtype=self.dtype)(residual, train=train)
+      residual = common.batch_norm('downsample_1', dtype=self.dtype, groups=self.bn_groups)(
+          residual, train=train)
     return nn.relu(y + residual)
 
 
@@ -246,11 +249,13 @@ class AttentionGate(nn.Module):
     kernel_size: depthwise kernel (kh, kw).
     padding: depthwise padding (ph, pw).
     dtype: computation dtype.
+    bn_groups: train-mode BatchNorm statistics per group of the batch (common.batch_norm).
   """
   features: int
   kernel_size: tuple[int, int]
   padding: tuple[int, int]
   dtype: Any = jnp.float32
+  bn_groups: int = 1
 
   @nn.compact
   def __call__(self, x: jax.Array, out_hw: tuple[int, int], *, train: bool) -> jax.Array:
@@ -260,7 +265,7 @@ class AttentionGate(nn.Module):
     x = common.conv(channels, self.kernel_size, padding=self.padding, groups=channels, use_bias=True,
                     name='conv_depth', dtype=self.dtype)(x)
     x = common.conv(self.features, (1, 1), use_bias=True, name='conv_point', dtype=self.dtype)(x)
-    return nn.sigmoid(common.batch_norm('bn', dtype=self.dtype)(x, train=train))
+    return nn.sigmoid(common.batch_norm('bn', dtype=self.dtype, groups=self.bn_groups)(x, train=train))
 
 
 class ESResNeXtFBSP(nn.Module):
@@ -280,6 +285,8 @@ class ESResNeXtFBSP(nn.Module):
     fbsp_compensated: LinearFBSP.compensated.
     dtype: computation dtype of the ResNeXt and `fc` (the front end always runs in float32; parameters
       and BatchNorm statistics stay float32).
+    bn_groups: train-mode BatchNorm statistics per group of the batch (1 = the whole batch; k = per-device
+      statistics on k devices, T-VSL's DDP without SyncBN).
   """
   layers: Sequence[int] = (3, 4, 6, 3)
   groups: int = 32
@@ -290,22 +297,26 @@ class ESResNeXtFBSP(nn.Module):
   win_length: int = WIN_LENGTH
   fbsp_compensated: bool = True
   dtype: Any = jnp.float32
+  bn_groups: int = 1
 
   def setup(self):
     # Attribute names are the official module names; list entries become `layer{i}_{j}`.
     self.fbsp = LinearFBSP(self.n_fft // 2 + 1, self.fbsp_compensated)
     self.conv1 = common.conv(64, (7, 7), strides=2, padding=(3, 3), dtype=self.dtype)
-    self.bn1 = common.batch_norm(dtype=self.dtype)
+    self.bn1 = common.batch_norm(dtype=self.dtype, groups=self.bn_groups)
     for stage, num_blocks in enumerate(self.layers):
       planes = 64 * 2**stage
       width = planes * self.width_per_group * self.groups // 64
       blocks = [Bottleneck(planes, width, 2 if stage > 0 and index == 0 else 1, self.groups,
-                           downsample=index == 0, dtype=self.dtype) for index in range(num_blocks)]
+                           downsample=index == 0, dtype=self.dtype, bn_groups=self.bn_groups)
+                for index in range(num_blocks)]
       setattr(self, f'layer{stage + 1}', blocks)
       kernel, padding = GATE_KERNELS[stage + 1]
-      setattr(self, f'att{stage + 1}', AttentionGate(4 * planes, kernel, padding, dtype=self.dtype))
+      setattr(self, f'att{stage + 1}', AttentionGate(4 * planes, kernel, padding, dtype=self.dtype,
+                                                     bn_groups=self.bn_groups))
     kernel, padding = GATE_KERNELS[5]
-    self.att5 = AttentionGate(4 * 64 * 2**(len(self.layers) - 1), kernel, padding, dtype=self.dtype)
+    self.att5 = AttentionGate(4 * 64 * 2**(len(self.layers) - 1), kernel, padding, dtype=self.dtype,
+                              bn_groups=self.bn_groups)
     self.fc = nn.Dense(self.embed_dim, dtype=self.dtype)
 
   def spectrogram(self, waveform: jax.Array) -> jax.Array:

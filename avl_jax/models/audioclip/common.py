@@ -60,9 +60,13 @@ def conv(features: int, kernel_size: tuple[int, int], *, strides: int = 1,
       dtype=dtype, name=name)
 
 
-def batch_norm(name: str | None = None, *, dtype: Any = jnp.float32) -> layers.BatchNorm:
-  """PyTorch BatchNorm2d (eps 1e-5, momentum 0.1, unbiased running variance); statistics in float32."""
-  return layers.BatchNorm(dtype=dtype, name=name)
+def batch_norm(name: str | None = None, *, dtype: Any = jnp.float32, groups: int = 1) -> layers.BatchNorm:
+  """PyTorch BatchNorm2d (eps 1e-5, momentum 0.1, unbiased running variance); statistics in float32.
+
+  groups > 1: train-mode statistics per consecutive group of the batch (DDP without SyncBN, one group per
+  device; see layers.BatchNorm).
+  """
+  return layers.BatchNorm(dtype=dtype, groups=groups, name=name)
 
 
 def avg_pool(x: jax.Array, stride: int) -> jax.Array:

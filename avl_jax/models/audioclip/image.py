@@ -31,26 +31,29 @@ class Bottleneck(nn.Module):
     planes: p; the block outputs 4p channels.
     strides: s, applied by the average pools.
     dtype: computation dtype.
+    bn_groups: train-mode BatchNorm statistics per group of the batch (common.batch_norm).
   """
   planes: int
   strides: int = 1
   dtype: Any = jnp.float32
+  bn_groups: int = 1
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
     """x [B, H, W, D_in] -> [B, H // s, W // s, 4p]."""
     y = common.conv(self.planes, (1, 1), name='conv1', dtype=self.dtype)(x)
-    y = nn.relu(common.batch_norm('bn1', dtype=self.dtype)(y, train=train))
+    y = nn.relu(common.batch_norm('bn1', dtype=self.dtype, groups=self.bn_groups)(y, train=train))
     y = common.conv(self.planes, (3, 3), padding=(1, 1), name='conv2', dtype=self.dtype)(y)
-    y = nn.relu(common.batch_norm('bn2', dtype=self.dtype)(y, train=train))
+    y = nn.relu(common.batch_norm('bn2', dtype=self.dtype, groups=self.bn_groups)(y, train=train))
     y = common.avg_pool(y, self.strides)
     y = common.conv(4 * self.planes, (1, 1), name='conv3', dtype=self.dtype)(y)
-    y = common.batch_norm('bn3', dtype=self.dtype)(y, train=train)
+    y = common.batch_norm('bn3', dtype=self.dtype, groups=self.bn_groups)(y, train=train)
     residual = x
     if self.strides > 1 or x.shape[-1] != 4 * self.planes:
       residual = common.conv(4 * self.planes, (1, 1), name='downsample_0', dtype=self.dtype)(
           common.avg_pool(x, self.strides))
-      residual = common.batch_norm('downsample_1', dtype=self.dtype)(residual, train=train)
+      residual = common.batch_norm('downsample_1', dtype=self.dtype, groups=self.bn_groups)(
+          residual, train=train)
     return nn.relu(y + residual)
 
 
@@ -184,6 +187,8 @@ class ModifiedResNet(nn.Module):
     input_resolution: the resolution the positional table was trained for (224 -> a 7x7 grid).
     pos_interp: see AttentionPool2d.
     dtype: computation dtype (parameters and BatchNorm statistics stay float32).
+    bn_groups: train-mode BatchNorm statistics per group of the batch (1 = the whole batch; k = per-device
+      statistics on k devices, T-VSL's DDP without SyncBN).
   """
   layers: Sequence[int] = (3, 4, 6, 3)
   width: int = 64
@@ -192,6 +197,7 @@ class ModifiedResNet(nn.Module):
   input_resolution: int = 224
   pos_interp: str = 'official_1d'
   dtype: Any = jnp.float32
+  bn_groups: int = 1
 
   @nn.compact
   def __call__(self, image: jax.Array, *, train: bool = False, return_tokens: bool = False) -> jax.Array:
@@ -210,13 +216,13 @@ class ModifiedResNet(nn.Module):
     for index, (features, strides) in enumerate(stem, start=1):
       x = common.conv(features, (3, 3), strides=strides, padding=(1, 1), name=f'conv{index}',
                       dtype=self.dtype)(x)
-      x = nn.relu(common.batch_norm(f'bn{index}', dtype=self.dtype)(x, train=train))
+      x = nn.relu(common.batch_norm(f'bn{index}', dtype=self.dtype, groups=self.bn_groups)(x, train=train))
     x = common.avg_pool(x, 2)
     for stage, num_blocks in enumerate(self.layers):
       for index in range(num_blocks):
         strides = 2 if stage > 0 and index == 0 else 1
-        x = Bottleneck(self.width * 2**stage, strides, dtype=self.dtype, name=f'layer{stage + 1}_{index}')(
-            x, train=train)
+        x = Bottleneck(self.width * 2**stage, strides, dtype=self.dtype, bn_groups=self.bn_groups,
+                       name=f'layer{stage + 1}_{index}')(x, train=train)
     self.sow('intermediates', 'layer4', x)
     return AttentionPool2d(
         self.input_resolution // 32, self.num_heads, self.output_dim, self.pos_interp, dtype=self.dtype,

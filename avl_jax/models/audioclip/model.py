@@ -75,6 +75,9 @@ class AudioCLIP(nn.Module):
     frozen: stop gradients at every output of the towers and at the temperatures.
     dtype: computation dtype of the towers (e.g. jnp.bfloat16); parameters, BatchNorm statistics, the
       audio front end, LayerNorms and softmaxes stay float32.
+    bn_groups: train-mode BatchNorm statistics per group of the batch in the image and audio towers (1 = the
+      whole batch seen by the call, a SyncBN under jit; k = per-device statistics on k devices, as T-VSL's
+      DDP run without SyncBN).
   """
   embed_dim: int = 1024
   image_layers: Sequence[int] = (3, 4, 6, 3)
@@ -90,15 +93,17 @@ class AudioCLIP(nn.Module):
   audio_layers: Sequence[int] = (3, 4, 6, 3)
   frozen: bool = True
   dtype: Any = jnp.float32
+  bn_groups: int = 1
 
   def setup(self):
     self.visual = image_lib.ModifiedResNet(
         self.image_layers, self.image_width, self.image_heads, self.embed_dim, self.image_resolution,
-        self.pos_interp, dtype=self.dtype)
+        self.pos_interp, dtype=self.dtype, bn_groups=self.bn_groups)
     self.text = text_lib.TextTransformer(
         self.vocab_size, self.context_length, self.text_width, self.text_layers, self.text_heads,
         self.embed_dim, dtype=self.dtype)
-    self.audio = audio_lib.ESResNeXtFBSP(self.audio_layers, embed_dim=self.embed_dim, dtype=self.dtype)
+    self.audio = audio_lib.ESResNeXtFBSP(self.audio_layers, embed_dim=self.embed_dim, dtype=self.dtype,
+                                         bn_groups=self.bn_groups)
     # CLIP initialises its temperature at 1 / 0.07, AudioCLIP the two audio ones at 100.
     self.logit_scale = self.param('logit_scale', nn.initializers.constant(np.log(1 / 0.07)), (), jnp.float32)
     self.logit_scale_ai = self.param('logit_scale_ai', nn.initializers.constant(np.log(100.0)), (),

@@ -82,6 +82,15 @@ def base_config() -> ml_collections.ConfigDict:
       eval_mix_partner_audio=True,  # sum the fixed partner's audio into the test mixture (False: the official
                                     # vgginstruments_multi loader, which forgot it)
       per_source_frames=True,       # localize each source on its own frame (duet tests store both frames)
+      image_norm="imagenet",  # 'imagenet' (AVGN's ResNet-18s) | 'clip' (AudioCLIP towers: T-VSL, avgn_audioclip)
+      canvas=False,           # T-VSL training input: [own | partner] frames side by side (needs mix=True)
+  ))
+
+  # T-VSL's class-text bank (avl_jax/tvsl_lib.py): sorted display names of the dataset's classes, encoded once
+  # by the frozen AudioCLIP text tower. Only read by the text-conditioned models (tvsl, tvsl_single_stage).
+  config.text = ml_collections.ConfigDict(dict(
+      bpe_path=ml_collections.config_dict.placeholder(str),  # CLIP's bpe_simple_vocab_16e6.txt.gz (required)
+      extra_classes=(),  # display names appended to the bank: zero-shot classes for predicted-class inference
   ))
 
   config.batch_size = 128       # global batch (split over devices and hosts)
@@ -92,11 +101,12 @@ def base_config() -> ml_collections.ConfigDict:
   config.num_epochs = ml_collections.config_dict.placeholder(float)
   config.optimizer = ml_collections.ConfigDict(dict(
       learning_rate=1e-4,
-      schedule="constant",  # 'constant' (official) | 'cosine' (with linear warm-up)
+      schedule="constant",  # 'constant' (official AVGN) | 'cosine' (linear warm-up) | 'cosine_tvsl' (T-VSL's)
       warmup_steps=0,
       b1=0.9, b2=0.999, eps=1e-8,
       weight_decay=0.0,     # coupled L2 as in torch.optim.Adam
       grad_clip_norm=0.0,   # 0: no clipping (official)
+      cosine_epochs=0.0,    # 'cosine_tvsl' without num_epochs: the epochs the schedule spans (0: use num_epochs)
   ))
 
   config.mesh = (("data", -1),)   # (axis, size) pairs; -1 = all remaining devices
@@ -109,6 +119,7 @@ def base_config() -> ml_collections.ConfigDict:
       protocol="official",   # metric protocol, spec/metrics.md §6: 'official' | 'standard'
       num_visualize=16,      # examples drawn in the heat-map PNG grid
       baselines=True,        # also score the centre-prior and uniform-random maps
+      tvsl_threshold=0.3,    # T-VSL models: fixed binarisation threshold of the (inverted) min-max score
   ))
   return config
 
@@ -168,6 +179,111 @@ def avgn_paper_config(setting: str, arg: str | None) -> ml_collections.ConfigDic
     ds.audio_seconds = 1.0
     ds.num_workers = 0
     config.num_epochs = None
+    config.num_train_steps = 2
+    config.batch_size = 8
+    config.eval_batch_size = 8
+    config.log_every_steps = 1
+    config.checkpoint_every_steps = 2
+    config.eval.num_visualize = 2
+  return config
+
+
+# T-VSL settings (spec tvsl.md §6-7): 44.1 kHz datasets (`*_44k` builder configs). Training always mixes a
+# partner of another class and sees the [own | partner] canvas; eval sets with fixed partner frames
+# (vggsound/duet, vgginstruments/multi) are scored on the canvas, the others on the own frame.
+TVSL_SETTINGS = {
+    "music_solo": dict(dataset="music/solo_44k", num_classes=11, max_sources=1),
+    "music_duet": dict(dataset="music/duet_44k", num_classes=8, max_sources=2),
+    "vgginstruments_single": dict(dataset="vgginstruments/single_44k", num_classes=37, max_sources=1),
+    "vgginstruments_multi": dict(dataset="vgginstruments/multi_44k", num_classes=37, max_sources=2),
+    "vggsound_single": dict(dataset="vggsound/single_44k", num_classes=221, max_sources=1),
+    "vggsound_duet": dict(dataset="vggsound/duet_44k", num_classes=221, max_sources=2),
+}
+TVSL_MODELS = ("tvsl", "tvsl_single_stage", "avgn_audioclip")
+
+# AudioCLIP towers small enough for a CPU smoke run (`runlocal`); the released sizes are the model defaults.
+RUNLOCAL_TOWERS = dict(embed_dim=32, image_layers=(1, 1, 1, 1), image_width=16, image_heads=2, text_width=64,
+                       text_layers=1, text_heads=2, audio_layers=(1, 1, 1, 1))
+
+
+def tvsl_paper_config(setting: str, arg: str | None, *, model: str = "tvsl") -> ml_collections.ConfigDict:
+  """The official T-VSL recipe (or its single-stage ablation / AVGN on AudioCLIP) on one of TVSL_SETTINGS.
+
+  Arguments (`--config=configs/FILE.py:a=1,b`): runlocal (bool: synthetic_av/tiny, tiny towers, 2 steps),
+  data_dir (str), epochs (float, default 100), bpe_path (str: CLIP's bpe_simple_vocab_16e6.txt.gz, needed by the
+  text-conditioned models), model (str, one of TVSL_MODELS; default `model`).
+
+  Paper scale (spec tvsl.md §6): frozen AudioCLIP towers (start from the release: `init_from` a directory
+  converted with `--format=tvsl` from AudioCLIP-Full-Training.pt), Adam lr 0.01 with T-VSL's per-iteration
+  cosine over 100 epochs, global batch 256, eval batch 128, [own | partner] 224x448 canvas of CLIP-normalised
+  frames (short side 246, random 224 crop, flip), 5 s of 44.1 kHz audio (own + partner), oracle classes,
+  inverted maps binarised at 0.3, the `official` metric protocol. Official switches (bn_mode 'train_stats',
+  audio_scale 'official', pos_interp 'official_1d', label_order 'official', invert_map) are the model defaults.
+  Contrastive negatives and tower BatchNorm statistics span the global batch (loss_groups = bn_groups = 1);
+  the official run used 4 GPUs of 64: set both to 4 (`--config.model.loss_groups=4 --config.model.bn_groups=4`).
+  """
+  if setting not in TVSL_SETTINGS:
+    raise ValueError(f"Unknown T-VSL setting {setting!r}; expected one of {sorted(TVSL_SETTINGS)}.")
+  args = parse_arg(arg, runlocal=False, data_dir="", epochs=100.0, bpe_path="", model=model)
+  if args.model not in TVSL_MODELS:
+    raise ValueError(f"model={args.model!r}; expected one of {TVSL_MODELS}.")
+  paper = TVSL_SETTINGS[setting]
+  config = base_config()
+  config.model_name = args.model
+  if args.model == "avgn_audioclip":
+    # AVGN's grouping head (paper widths, spec avgn.md) on the frozen towers; one CLIP-normalised frame.
+    config.model = ml_collections.ConfigDict(dict(
+        dim=512, depth_vis=3, depth_aud=3, num_heads=8, mlp_ratio=4.0, drop_path=0.1, tau=0.03,
+        attn_assign="soft", loss_groups=1, bn_groups=1, bn_mode="train_stats", audio_scale="official",
+        pos_interp="grid_2d", dtype="float32"))
+  else:
+    config.model = ml_collections.ConfigDict(dict(
+        bn_mode="train_stats", bn_groups=1, audio_scale="official", pos_interp="official_1d",
+        class_source="oracle", invert_map=True, loss_groups=1, label_order="official", dtype="float32"))
+  ds = config.dataset
+  ds.name = paper["dataset"]
+  ds.num_classes = paper["num_classes"]
+  ds.mix = True
+  ds.canvas = args.model != "avgn_audioclip"
+  ds.image_norm = "clip"
+  ds.max_sources = paper["max_sources"]
+  ds.sample_rate = 44100
+  ds.audio_seconds = 5.0
+  ds.image_size, ds.resize_size = 224, 246
+  ds.train_split = "train"
+  ds.eval_splits = ("test",)
+  if args.data_dir:
+    ds.data_dir = args.data_dir
+  if args.bpe_path:
+    config.text.bpe_path = args.bpe_path
+  config.batch_size = 256
+  config.eval_batch_size = 128
+  config.num_epochs = args.epochs
+  config.optimizer.learning_rate = 0.01
+  config.optimizer.schedule = "cosine_tvsl"
+  config.checkpoint_every_steps = 1000
+  config.keep_checkpoints = 5
+  config.log_every_steps = 100
+  if args.model == "avgn_audioclip":  # AVGN's own recipe for its head (spec avgn.md §9).
+    config.optimizer.learning_rate = 1e-4
+    config.optimizer.schedule = "constant"
+    config.batch_size = 128
+  if args.runlocal:
+    config.model.update(RUNLOCAL_TOWERS)
+    if args.model == "avgn_audioclip":
+      config.model.update(dim=32, depth_vis=1, depth_aud=1, num_heads=4, mlp_ratio=2.0)
+    else:
+      config.model.adapter_hidden = 64
+    ds.name = "synthetic_av/tiny"
+    ds.num_classes = 8
+    ds.max_sources = 2
+    ds.eval_splits = ("test_duet",) if paper["max_sources"] == 2 else ("test_single",)
+    ds.image_size, ds.resize_size = 64, 72
+    ds.sample_rate = 16000
+    ds.audio_seconds = 0.25
+    ds.num_workers = 0
+    config.num_epochs = None
+    config.optimizer.cosine_epochs = 100.0  # the official 100-epoch cosine, compressed into the 2 steps
     config.num_train_steps = 2
     config.batch_size = 8
     config.eval_batch_size = 8

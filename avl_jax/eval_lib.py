@@ -16,6 +16,7 @@ Files are written to a temporary name and renamed, so a killed evaluation never 
 """
 import collections.abc
 import csv
+import itertools
 import json
 import os
 from typing import Any
@@ -27,6 +28,8 @@ import ml_collections
 import numpy as np
 
 from avl_jax import audio
+from avl_jax import models
+from avl_jax import tvsl_lib
 from avl_jax import input_pipeline
 from avl_jax import sharding
 from avl_jax import visualize
@@ -34,6 +37,7 @@ from avl_jax.metrics import gt_maps
 from avl_jax.metrics import localization
 from avl_jax.metrics import postprocess
 from avl_jax.metrics import predictions
+from avl_jax.models.tvsl import postprocess as tvsl_postprocess
 
 GT_SIZE = 224  # The official evaluation rasterises and scores on 224 x 224.
 METHODS = ("model", "center_prior", "random")
@@ -44,12 +48,39 @@ BASELINES = METHODS[1:]
 CSV_COLUMNS = ("id", "source", "class", "nbox", "area", "ciou", "ap", "piap_official", "conf")
 
 
+def is_text_model(config: ml_collections.ConfigDict) -> bool:
+  return config.model_name in models.TEXT_MODELS
+
+
+def is_predicted(config: ml_collections.ConfigDict) -> bool:
+  """T-VSL with class_source='predicted': maps come from the model's own top-K classes, not the labels."""
+  return is_text_model(config) and config.model.get("class_source", "oracle") == "predicted"
+
+
 def make_localize_fn(config: ml_collections.ConfigDict, model, mesh):
-  """Jitted (variables, image, waveform, class_ids) -> raw maps [B, S, h, w], replicated on every host."""
+  """Jitted (variables, image, waveform, class_ids) -> raw maps [B, S, h, w], replicated on every host.
+
+  T-VSL models read the text bank and the label -> bank-row table from variables['consts'] (`tvsl_lib`); their
+  `image` may be the [own | partner] canvas, and class_ids are dataset labels (-1 = padding).
+  """
 
   def localize(variables, image, waveform, class_ids):
-    spec = audio.avgn_log_spectrogram(waveform, config.dataset.sample_rate)
-    return model.apply(variables, image, spec, class_ids, train=False, method=model.localize)
+    if is_text_model(config):
+      consts = variables["consts"]
+      rows = tvsl_lib.rows_of(consts["class_rows"], class_ids)
+      model_variables = {"params": variables["params"], "batch_stats": variables["batch_stats"]}
+      if is_predicted(config):  # The maps of stage 1's top-K classes, and which classes those are.
+        maps, classes = model.apply(model_variables, image, waveform, consts["text_bank"], rows, train=False,
+                                    return_classes=True, method=model.localize)
+        return {"maps": maps, "pred_rows": classes["class_rows"], "pred_valid": classes["valid"]}
+      return model.apply(model_variables, image, waveform, consts["text_bank"], rows, train=False,
+                         method=model.localize)
+    if config.model_name in models.WAVEFORM_INPUT:
+      spec = waveform
+    else:
+      spec = audio.avgn_log_spectrogram(waveform, config.dataset.sample_rate)
+    return model.apply(variables, image, spec, jax.numpy.maximum(class_ids, 0), train=False,
+                       method=model.localize)
 
   data = sharding.data_sharding(mesh)
   return jax.jit(localize, in_shardings=(sharding.replicated(mesh), data, data, data),
@@ -72,6 +103,8 @@ def predict_split(config, model, variables, mesh, split: str, localize_fn=None) 
   keep = ["source_class", "boxes", "box_source", "id"]
   outputs = None
   frames = []
+  text_model = is_text_model(config)
+  canvas = text_model and data.partner_frames
   row0 = jax.process_index() * per_host
   for batch in data.dataset:
     if outputs is None:
@@ -79,8 +112,21 @@ def predict_split(config, model, variables, mesh, split: str, localize_fn=None) 
       outputs = {k: [] for k in keep + ["maps", "mask"]}
     inputs = sharding.host_to_global(
         {k: batch[k] for k in ("image", "waveform", "source_class")}, mesh)
-    class_ids = jax.numpy.maximum(inputs["source_class"], 0)
-    if "source_image" in batch:
+    class_ids = inputs["source_class"]
+    if text_model:
+      # T-VSL: one call maps every source. Partner-frame test sets (vggsound/duet, vgginstruments/multi) are
+      # evaluated on the [own | partner] canvas as the official validate_multi; otherwise on the own frame.
+      image = inputs["image"]
+      if canvas:
+        image = sharding.host_to_global({"image": np.concatenate(
+            [batch["source_image"][:, 0], batch["source_image"][:, 1]], axis=2)}, mesh)["image"]
+      out = localize_fn(variables, image, inputs["waveform"], class_ids)
+      if isinstance(out, dict):
+        for key in ("pred_rows", "pred_valid"):
+          outputs.setdefault(key, []).append(np.asarray(out[key])[row0:row0 + per_host])
+        out = out["maps"]
+      maps = np.asarray(out)
+    elif "source_image" in batch:
       num_sources = batch["source_image"].shape[1]
       per_source = []
       for s in range(num_sources):
@@ -94,12 +140,20 @@ def predict_split(config, model, variables, mesh, split: str, localize_fn=None) 
     for k in keep:
       outputs[k].append(batch[k])
     if sum(len(f) for f in frames) < config.eval.num_visualize:
-      frames.append(batch["image_uint8"])
+      frame = batch["image_uint8"]
+      if canvas:
+        partner = input_pipeline.denormalize_image(batch["source_image"][:, 1], config.dataset.image_norm)
+        frame = np.concatenate([frame, partner], axis=2)
+      frames.append(frame)
   if outputs is None:
     raise input_pipeline.DataError(f"Split {split!r} of {config.dataset.name!r} produced no batch.")
   result = {k: np.concatenate(v) for k, v in outputs.items()}
   valid = result.pop("mask") > 0
   result = {k: v[valid] for k, v in result.items()}
+  if "pred_rows" in result:  # predicted classes: also the GT classes' bank rows, to report class recall
+    table = variables["consts"]["class_rows"]
+    table = np.asarray(table.addressable_data(0) if hasattr(table, "addressable_data") else table)
+    result["gt_rows"] = np.where(result["source_class"] >= 0, table[np.maximum(result["source_class"], 0)], -1)
   bad = ~np.isfinite(result["maps"]).all(axis=tuple(range(1, result["maps"].ndim)))
   if bad.any():
     names = input_pipeline.decode_ids(result["id"][bad][:5])
@@ -109,6 +163,7 @@ def predict_split(config, model, variables, mesh, split: str, localize_fn=None) 
         "BatchNorm statistics); nothing was scored.")
   result["image_uint8"] = np.concatenate(frames)[valid[:sum(len(f) for f in frames)]][:config.eval.num_visualize]
   result["gt_format"] = getattr(data, "gt_format", "") or ""
+  result["canvas"] = bool(canvas)
   logging.info("Predicted %d examples of %s on this host (%d of %d in the split).", valid.sum(), split,
                valid.sum(), data.num_examples)
   return result
@@ -198,7 +253,8 @@ def _gather(x: np.ndarray) -> np.ndarray:
 
 def score_items(raw_maps: np.ndarray, gt: np.ndarray, nbox: np.ndarray, *, protocol: str, tau: float,
                 map_range: str = "logits", baselines: bool = True, seed: int = 0,
-                multihost: bool = True) -> tuple[dict[str, dict], dict[str, dict]]:
+                multihost: bool = True, binarize: str = "median",
+                fixed_threshold: float = postprocess.TVSL_THRESHOLD) -> tuple[dict[str, dict], dict[str, dict]]:
   """Scores maps and (optionally) the baselines at the same resolution with the same code.
 
   Args:
@@ -210,6 +266,7 @@ def score_items(raw_maps: np.ndarray, gt: np.ndarray, nbox: np.ndarray, *, proto
     baselines: also score the centre-prior and random maps.
     seed: seed of the random baseline (each host adds its process index).
     multihost: gather the per-item values over hosts before summarising (False: the items are global).
+    binarize: 'median' (AVGN) | 'fixed' (T-VSL: score >= fixed_threshold).
 
   Returns:
     ({method: summary}, {method: per-item values [M_total]}), methods in METHODS order.
@@ -220,10 +277,11 @@ def score_items(raw_maps: np.ndarray, gt: np.ndarray, nbox: np.ndarray, *, proto
       raw[kind] = baseline_maps(kind, raw_maps.shape, tau, seed + jax.process_index(), map_range)
   summaries, per_items = {}, {}
   for method, maps in raw.items():
-    per_item, _ = localization.score_maps(maps, gt, nbox, protocol=protocol, tau=tau, map_range=map_range)
+    per_item, _ = localization.score_maps(maps, gt, nbox, protocol=protocol, tau=tau, map_range=map_range,
+                                          binarize=binarize, fixed_threshold=fixed_threshold)
     if multihost:
       per_item = {k: _gather(np.asarray(v)) for k, v in per_item.items()}
-    summaries[method] = localization.summarize(per_item, protocol=protocol)
+    summaries[method] = localization.summarize(per_item, protocol=protocol, binarize=binarize)
     per_items[method] = per_item
   return summaries, per_items
 
@@ -307,6 +365,107 @@ def write_heatmaps(path: str, frames: np.ndarray, raw_maps: np.ndarray, boxes: n
                                                          tmp, class_names=class_names, size=GT_SIZE))
 
 
+def tvsl_items(config, pred: dict[str, Any], source_idx: np.ndarray, gt: np.ndarray,
+               raw_items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """T-VSL scoring inputs (spec/metrics.md §1.2): GT maps on the canvas and the post-processed score maps.
+
+  Returns:
+    (gt [M, 224, W], scores [M, 224, W] in [0, 1]), W = 448 on a canvas, else 224 (`tvsl_place_gt`,
+    `tvsl_scores`).
+  """
+  gt = tvsl_place_gt(pred, source_idx, gt)
+  return gt, tvsl_scores(config, raw_items, tuple(gt.shape[-2:]))
+
+
+def tvsl_scores(config, raw_maps: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
+  """[..., h, w] raw maps -> [..., H, W] scores: PyTorch bicubic to out_hw, per-map min-max, inverted when
+  config.model.invert_map (official)."""
+  post = tvsl_postprocess.postprocess_maps(raw_maps, invert=bool(config.model.get("invert_map", True)),
+                                           out_hw=out_hw, threshold=config.eval.tvsl_threshold)
+  return post["score"]
+
+
+def tvsl_place_gt(pred: dict[str, Any], source_idx: np.ndarray, gt: np.ndarray) -> np.ndarray:
+  """On a canvas (pred['canvas']) source s's GT goes on its own half of a zero [224, 448] map, so predicted
+  pixels on the other frame count as false positives; otherwise the GT stays [224, 224]."""
+  if pred.get("canvas"):
+    num_halves = 2
+    placed = np.zeros(gt.shape[:-1] + (num_halves * gt.shape[-1],), gt.dtype)
+    for half in range(num_halves):
+      rows = source_idx == half
+      placed[rows, :, half * GT_SIZE:(half + 1) * GT_SIZE] = gt[rows]
+    if np.any(source_idx >= num_halves):
+      raise ValueError("A canvas holds two sources; this split has more.")
+    gt = placed
+  return gt
+
+
+def match_predicted(config, pred: dict[str, Any], example_idx: np.ndarray, source_idx: np.ndarray,
+                    gt: np.ndarray, nbox: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
+  """class_source='predicted': assigns the model's K maps (of its own top-K classes) to the GT sources.
+
+  Per example, the assignment of distinct valid predicted maps to its GT sources that maximises the mean pixel
+  AP (spec/metrics.md: permutation-invariant matching; a source gets no map when there are fewer valid maps,
+  and then scores as an all-zero map would, i.e. its constant map). Also reports how often the GT class is
+  among the valid predicted classes.
+
+  Returns:
+    (raw maps [M, h, w] matched to the items, unmatched [M] bool (no valid map left for the item),
+    {'class_recall': fraction of GT sources whose class is among the valid predictions,
+    'num_predicted_mean': valid predicted classes per example}).
+  """
+  num_pred = pred["maps"].shape[1]
+  item_scores = tvsl_scores(config, pred["maps"][example_idx], tuple(gt.shape[-2:]))  # [M, K, H, W]
+  pairs_gt = np.repeat(gt, num_pred, axis=0)
+  per_pair, _ = localization.score_maps(item_scores.reshape((-1,) + gt.shape[-2:]), pairs_gt,
+                                        np.repeat(nbox, num_pred), map_range="unit", binarize="fixed",
+                                        fixed_threshold=config.eval.tvsl_threshold)
+  ap = np.nan_to_num(per_pair["pixel_ap"].reshape(len(example_idx), num_pred), nan=0.0)
+  valid = pred["pred_valid"][example_idx]
+  ap = np.where(valid, ap, -1.0)
+  chosen = np.full(len(example_idx), -1, np.int64)
+  for i in np.unique(example_idx):
+    items = np.flatnonzero(example_idx == i)
+    best, best_value = None, -np.inf
+    for perm in itertools.permutations(range(num_pred), min(len(items), num_pred)):
+      value = sum(ap[m, k] for m, k in zip(items, perm))
+      if value > best_value:
+        best, best_value = perm, value
+    for m, k in zip(items, best):
+      chosen[m] = k if valid[m, k] else -1
+  maps = pred["maps"][example_idx, np.maximum(chosen, 0)]
+  maps = maps.astype(np.float32)
+  gt_rows = pred["gt_rows"][example_idx, source_idx] if "gt_rows" in pred else None
+  recall = float("nan")
+  if gt_rows is not None:
+    hits = np.any((pred["pred_rows"][example_idx] == gt_rows[:, None]) & valid, axis=1)
+    recall = float(_gather(hits.astype(np.float64)).mean()) if len(hits) else float("nan")
+  count = _gather(pred["pred_valid"].sum(axis=1).astype(np.float64))
+  return maps, chosen < 0, {"class_recall": recall,
+                            "num_predicted_mean": float(count.mean()) if len(count) else float("nan")}
+
+
+def write_tvsl_heatmaps(path: str, config, pred: dict[str, Any], n: int) -> None:
+  """PNG grid of T-VSL maps: the (canvas) frame, then per source the score map, its GT and the binarised region."""
+  if n == 0:
+    return
+  maps = pred["maps"][:n]
+  source_class = pred["source_class"][:n]
+  frames = pred["image_uint8"][:n]
+  size = (GT_SIZE, GT_SIZE * frames.shape[2] // frames.shape[1])  # 224 x 224, or 224 x 448 for a canvas
+  valid = (source_class >= 0)[..., None, None]
+  post = tvsl_postprocess.postprocess_maps(np.where(valid, maps, 0), invert=bool(config.model.get("invert_map", True)),
+                                           out_hw=size, threshold=config.eval.tvsl_threshold)
+  heat = np.nan_to_num(post["score"])
+  boxes = pred["boxes"][:n].copy()
+  box_source = pred["box_source"][:n]
+  if pred.get("canvas"):  # Source s's boxes lie on its half of the canvas.
+    shift = np.maximum(box_source, 0)[..., None].astype(np.float32)
+    boxes[..., 0::2] = np.where(box_source[..., None] >= 0, (boxes[..., 0::2] + shift) / 2, boxes[..., 0::2])
+  _atomic_write(path, lambda tmp: visualize.heatmap_grid(frames, heat, post["infer"], boxes, box_source,
+                                                         source_class, tmp, size=size))
+
+
 def prediction_arrays(pred: dict[str, np.ndarray], tau: float, step: int | None = None) -> dict[str, Any]:
   """`predict_split`'s arrays (all hosts) -> the predictions-file schema (maps stay raw logits, boxes per source).
 
@@ -331,20 +490,37 @@ def prediction_arrays(pred: dict[str, np.ndarray], tau: float, step: int | None 
 def evaluate_split(config, model, variables, mesh, workdir: str, step: int, split: str, localize_fn=None, *,
                    save_predictions: bool = False) -> dict[str, Any]:
   """Predicts, scores and (process 0) writes the JSON, CSV and PNG of one split; returns the JSON's content."""
+  if save_predictions and is_text_model(config):
+    raise ValueError("--save_predictions is not available for T-VSL models yet: the predictions-file schema has "
+                     "no canvas placement. The per-item CSV and JSON are written as usual.")
   pred = predict_split(config, model, variables, mesh, split, localize_fn)
   tau = config.model.get("tau", 0.03)
   example_idx, source_idx, gt, nbox = source_items(pred, config.eval.protocol)
-  summaries, per_items = score_items(pred["maps"][example_idx, source_idx], gt, nbox,
-                                     protocol=config.eval.protocol, tau=tau, baselines=config.eval.baselines,
-                                     seed=config.seed)
+  raw_items = pred["maps"][example_idx, source_idx]
+  scoring = dict(map_range="logits")
+  extra = {}
+  if is_text_model(config):
+    gt = tvsl_place_gt(pred, source_idx, gt)
+    unmatched = None
+    if is_predicted(config):
+      raw_items, unmatched, extra = match_predicted(config, pred, example_idx, source_idx, gt, nbox)
+    raw_items = tvsl_scores(config, raw_items, tuple(gt.shape[-2:]))
+    if unmatched is not None:  # a GT source without a predicted map: an all-zero score map (nothing found)
+      raw_items[unmatched] = 0.0
+    scoring = dict(map_range="unit", binarize="fixed", fixed_threshold=config.eval.tvsl_threshold)
+  summaries, per_items = score_items(raw_items, gt, nbox, protocol=config.eval.protocol, tau=tau,
+                                     baselines=config.eval.baselines, seed=config.seed, **scoring)
   item_ids = input_pipeline.decode_ids(_gather(pred["id"][example_idx]))
   item_source = _gather(source_idx.astype(np.int64))
   item_class = _gather(pred["source_class"][example_idx, source_idx].astype(np.int64))
   result = {
       "split": split, "step": int(step), "dataset": config.dataset.name, "model": config.model_name,
-      "protocol": config.eval.protocol, "map_range": "logits", "tau": float(tau),
+      "protocol": config.eval.protocol, "tau": float(tau),
+      "map_range": ("logits" if not is_text_model(config) else
+                    "tvsl_inverted_minmax" if config.model.get("invert_map", True) else "tvsl_minmax"),
+      "canvas": bool(pred.get("canvas", False)),
       "num_examples": int(_gather(np.asarray([len(pred["source_class"])])).sum()),
-      "num_items": len(item_source), "metrics": summaries,
+      "num_items": len(item_source), "metrics": summaries, **extra,
   }
   export = None
   if save_predictions:  # every host takes part in the gathers; process 0 writes
@@ -355,8 +531,11 @@ def evaluate_split(config, model, variables, mesh, workdir: str, step: int, spli
     write_json(f"{stem}.json", result)
     write_csv(f"{stem}.csv", item_table(item_ids, item_source, item_class, per_items))
     n = min(len(pred["image_uint8"]), config.eval.num_visualize)
-    write_heatmaps(f"{stem}.png", pred["image_uint8"][:n], pred["maps"][:n], pred["boxes"][:n],
-                   pred["box_source"][:n], pred["source_class"][:n], tau)
+    if is_text_model(config):
+      write_tvsl_heatmaps(f"{stem}.png", config, pred, n)
+    else:
+      write_heatmaps(f"{stem}.png", pred["image_uint8"][:n], pred["maps"][:n], pred["boxes"][:n],
+                     pred["box_source"][:n], pred["source_class"][:n], tau)
     if export is not None:
       arrays = prediction_arrays(export, tau, step)
       _atomic_write(f"{stem}_predictions.npz", lambda tmp: predictions.save(tmp, **arrays))

@@ -44,6 +44,7 @@ from avl_jax import eval_lib  # noqa: E402
 from avl_jax import input_pipeline  # noqa: E402
 from avl_jax import sharding  # noqa: E402
 from avl_jax import train  # noqa: E402
+from avl_jax import tvsl_lib  # noqa: E402
 from avl_jax.metrics import predictions  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -168,6 +169,7 @@ class CheckpointEvaluator:
     mesh, model, abstract_state, localize_fn = self._build()
     start = time.time()
     state = checkpointing.restore(self.manager, step, abstract_state)
+    state = train.fill_consts(self.config, model, state, mesh)  # T-VSL: the text bank (not in checkpoints)
     with mesh:
       results = eval_lib.evaluate_all(self.config, model, state.variables, mesh, self.workdir, step, self._writer,
                                       splits=splits, localize_fn=localize_fn,
@@ -227,6 +229,9 @@ def evaluate_weights(config, workdir: str, weights_dir: str, *, save_predictions
   logging.info("Evaluating converted weights %s (format %s, source %s).", weights_dir, metadata.get("format"),
                metadata.get("source"))
   variables = jax.device_put(variables, sharding.replicated(mesh))
+  if train.is_text_model(config):  # T-VSL: the text bank is not in a checkpoint; encode it with these towers.
+    variables["consts"] = jax.device_put(tvsl_lib.make_consts(config, model, variables["params"]),
+                                         sharding.replicated(mesh))
   with mesh:
     return eval_lib.evaluate_all(config, model, variables, mesh, workdir, 0, None,
                                  save_predictions=save_predictions)

@@ -35,6 +35,10 @@ from avl_jax.metrics import gt_maps
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
+# CLIP's normalisation (T-VSL and AVGN on AudioCLIP encoders, spec tvsl.md §7).
+CLIP_MEAN = np.array([0.48145466, 0.4578275, 0.40821073], np.float32)
+CLIP_STD = np.array([0.26862954, 0.26130258, 0.27577711], np.float32)
+IMAGE_NORMS = {"imagenet": (IMAGENET_MEAN, IMAGENET_STD), "clip": (CLIP_MEAN, CLIP_STD)}
 PAD_CLASS = -1
 
 
@@ -114,13 +118,14 @@ def decode_frame(record: dict[str, Any]) -> Image.Image:
     raise DataError(f"Example {_example_id(record)}: cannot decode its JPEG frame ({e}).") from e
 
 
-def _normalization_table() -> np.ndarray:
+@functools.lru_cache(maxsize=4)
+def _normalization_table(norm: str = "imagenet") -> np.ndarray:
   """[256 * 3] float32: entry 3v + c = (v / 255 - mean[c]) / std[c], computed with the same float32 ops."""
+  if norm not in IMAGE_NORMS:
+    raise ValueError(f"config.dataset.image_norm={norm!r}; expected one of {sorted(IMAGE_NORMS)}.")
+  mean, std = IMAGE_NORMS[norm]
   values = np.arange(256, dtype=np.float32)[:, None]
-  return ((values / 255.0 - IMAGENET_MEAN) / IMAGENET_STD).astype(np.float32).reshape(-1)
-
-
-_NORMALIZATION_TABLE = _normalization_table()
+  return ((values / 255.0 - mean) / std).astype(np.float32).reshape(-1)
 
 
 @functools.lru_cache(maxsize=8)
@@ -129,8 +134,8 @@ def _channel_pattern(size: int) -> np.ndarray:
   return np.resize(np.arange(3, dtype=np.uint16), size)
 
 
-def normalize_image(image: Image.Image) -> np.ndarray:
-  """PIL RGB -> [H, W, 3] float32, ImageNet-normalised: (x / 255 - mean) / std.
+def normalize_image(image: Image.Image, norm: str = "imagenet") -> np.ndarray:
+  """PIL RGB -> [H, W, 3] float32, normalised with the ImageNet (default) or CLIP mean and std.
 
   A lookup in a table of the 256 x 3 possible values: bit-identical to the arithmetic and ~5x faster
   (broadcasting over a trailing axis of 3 is slow in NumPy).
@@ -138,7 +143,13 @@ def normalize_image(image: Image.Image) -> np.ndarray:
   pixels = np.asarray(image, np.uint8)
   index = pixels.reshape(-1) * np.uint16(3)
   index += _channel_pattern(index.size)
-  return _NORMALIZATION_TABLE.take(index).reshape(pixels.shape)
+  return _normalization_table(norm).take(index).reshape(pixels.shape)
+
+
+def denormalize_image(image: np.ndarray, norm: str = "imagenet") -> np.ndarray:
+  """Inverse of `normalize_image` on [..., H, W, 3] float32 -> uint8 (exact: the 256 levels stay distinct)."""
+  mean, std = IMAGE_NORMS[norm]
+  return np.clip(np.rint((np.asarray(image, np.float32) * std + mean) * 255.0), 0, 255).astype(np.uint8)
 
 
 def audio_window(record: dict[str, Any], sample_rate: int, num_samples: int) -> np.ndarray:
@@ -174,6 +185,8 @@ class DataConfig:
   eval_mix_partner_audio: bool = True
   per_source_frames: bool = True
   gt_masks: bool = False
+  image_norm: str = "imagenet"
+  canvas: bool = False
 
   @classmethod
   def from_config(cls, ds: ml_collections.ConfigDict) -> "DataConfig":
@@ -181,7 +194,8 @@ class DataConfig:
                sample_rate=ds.sample_rate, num_samples=int(round(ds.audio_seconds * ds.sample_rate)),
                max_sources=ds.max_sources, max_boxes=ds.max_boxes,
                eval_mix_partner_audio=bool(ds.get("eval_mix_partner_audio", True)),
-               per_source_frames=bool(ds.get("per_source_frames", True)))
+               per_source_frames=bool(ds.get("per_source_frames", True)),
+               image_norm=ds.get("image_norm", "imagenet"), canvas=bool(ds.get("canvas", False)))
 
 
 def _primary_class(record: dict[str, Any], cfg: DataConfig) -> int:
@@ -200,35 +214,42 @@ class TrainDecode(grain.transforms.RandomMap):
 
   def random_map(self, record, rng: np.random.Generator):
     cfg = self.cfg
-    image = decode_frame(record)
-    scale = cfg.resize_size / min(image.size)
-    size = (max(cfg.image_size, round(image.size[0] * scale)), max(cfg.image_size, round(image.size[1] * scale)))
-    left = int(rng.integers(0, size[0] - cfg.image_size + 1))
-    top = int(rng.integers(0, size[1] - cfg.image_size + 1))
-    # Resize-then-crop in one step: PIL resamples only the crop's box, with the filter taps of the whole-image
-    # resize to `size` (equal up to float rounding: +-1 in ~0.1 % of values; 1.7x faster).
-    if size == image.size:  # frames stored at the resize size: the resize is the identity, as in PIL
-      image = image.crop((left, top, left + cfg.image_size, top + cfg.image_size))
-    else:
-      sx, sy = image.size[0] / size[0], image.size[1] / size[1]
-      box = (left * sx, top * sy, (left + cfg.image_size) * sx, (top + cfg.image_size) * sy)
-      image = image.resize((cfg.image_size, cfg.image_size), Image.BICUBIC, box=box)
-    if rng.random() < 0.5:
-      image = image.transpose(Image.FLIP_LEFT_RIGHT)
     own_class = _primary_class(record, cfg)
     return {
-        "image": normalize_image(image),
+        "image": normalize_image(augment_frame(decode_frame(record), cfg, rng), cfg.image_norm),
         "waveform": audio_window(record, cfg.sample_rate, cfg.num_samples).astype(np.float32) / 32767.0,
         "visual_class": np.int32(own_class),
         "audio_label": np.eye(cfg.num_classes, dtype=np.float32)[own_class],
+        "source_class": np.array([own_class], np.int32),
     }
+
+
+def augment_frame(image: Image.Image, cfg: DataConfig, rng: np.random.Generator) -> Image.Image:
+  """Short side to resize_size (bicubic), random image_size crop, horizontal flip with probability 0.5."""
+  scale = cfg.resize_size / min(image.size)
+  size = (max(cfg.image_size, round(image.size[0] * scale)), max(cfg.image_size, round(image.size[1] * scale)))
+  left = int(rng.integers(0, size[0] - cfg.image_size + 1))
+  top = int(rng.integers(0, size[1] - cfg.image_size + 1))
+  # Resize-then-crop in one step: PIL resamples only the crop's box, with the filter taps of the whole-image
+  # resize to `size` (equal up to float rounding: +-1 in ~0.1 % of values; 1.7x faster).
+  if size == image.size:  # frames stored at the resize size: the resize is the identity, as in PIL
+    image = image.crop((left, top, left + cfg.image_size, top + cfg.image_size))
+  else:
+    sx, sy = image.size[0] / size[0], image.size[1] / size[1]
+    box = (left * sx, top * sy, (left + cfg.image_size) * sx, (top + cfg.image_size) * sy)
+    image = image.resize((cfg.image_size, cfg.image_size), Image.BICUBIC, box=box)
+  if rng.random() < 0.5:
+    image = image.transpose(Image.FLIP_LEFT_RIGHT)
+  return image
 
 
 class MixWithPartner(grain.transforms.RandomMap):
   """Training-time mixing (spec/avgn.md §12): add the waveform of a random partner of a different class.
 
   The partner is uniform over all training examples whose primary class differs (O(1) per draw from a
-  class-sorted index); the image stays the element's own frame; audio_label becomes own + partner.
+  class-sorted index); the image stays the element's own frame; audio_label becomes own + partner and
+  source_class [own, partner]. With `canvas` (T-VSL) the image becomes [own | partner] [S, 2S, 3], the
+  partner's frame augmented independently.
   """
 
   def __init__(self, source, primary_classes: np.ndarray, cfg: DataConfig):
@@ -254,6 +275,11 @@ class MixWithPartner(grain.transforms.RandomMap):
     out = dict(element)
     out["waveform"] = element["waveform"] + partner  # Raw sum, no rescaling (official behaviour).
     out["audio_label"] = element["audio_label"] + np.eye(self.cfg.num_classes, dtype=np.float32)[partner_class]
+    out["source_class"] = np.array([own, partner_class], np.int32)
+    if self.cfg.canvas:  # T-VSL: [own | partner] on the width, each frame augmented on its own (spec tvsl.md §7).
+      partner_image = augment_frame(decode_frame(record), self.cfg, rng)
+      out["image"] = np.concatenate(
+          [element["image"], normalize_image(partner_image, self.cfg.image_norm)], axis=1)
     return out
 
 
@@ -266,14 +292,17 @@ def primary_classes(source, num_classes: int) -> np.ndarray:
 def create_train_dataset(config: ml_collections.ConfigDict, per_host_batch: int, seed: int) -> grain.IterDataset:
   """Infinite, shuffled, augmented (and mixed) per-host training batches.
 
-  Batches: image [b, S, S, 3] float32, waveform [b, N] float32 in [-2, 2], visual_class [b] int32,
-  audio_label [b, K] float32.
+  Batches: image [b, S, S, 3] float32 ([b, S, 2S, 3] with dataset.canvas), waveform [b, N] float32 in
+  [-2, 2], visual_class [b] int32, audio_label [b, K] float32, source_class [b, 2] int32 ([b, 1] without mix).
   """
   ds_config = config.dataset
   cfg = DataConfig.from_config(ds_config)
   source = open_source(ds_config.name, ds_config.train_split, ds_config.data_dir)
   if len(source) == 0:
     raise DataError(f"Split {ds_config.train_split!r} of {ds_config.name!r} is empty on this host.")
+  if cfg.canvas and not ds_config.mix:
+    raise DataError("config.dataset.canvas=True (T-VSL's [own | partner] training canvas) needs "
+                    "config.dataset.mix=True: the partner supplies the second frame and sound.")
   source = train_records(source)
   dataset = grain.MapDataset.source(source).seed(seed).shuffle().repeat()
   dataset = dataset.random_map(TrainDecode(cfg))
@@ -332,7 +361,7 @@ class EvalDecode(grain.transforms.Map):
     raw_id = _example_id(record).encode()[:64]
     example_id[:len(raw_id)] = np.frombuffer(raw_id, np.uint8)
     out = {
-        "image": normalize_image(image),
+        "image": normalize_image(image, cfg.image_norm),
         "image_uint8": np.asarray(image, np.uint8),
         "waveform": eval_waveform(record, cfg),
         "source_class": source_class,
@@ -373,7 +402,7 @@ def _real_eval_features(record: dict[str, Any], image: Image.Image, num_sources:
     for s, partner_frame in enumerate(record.get("partner_frame", [])[:cfg.max_sources - 1]):
       frames[s + 1] = Image.fromarray(np.asarray(partner_frame, np.uint8)).convert("RGB").resize(
           (cfg.image_size, cfg.image_size), Image.BICUBIC)
-    out["source_image"] = np.stack([normalize_image(f) for f in frames])
+    out["source_image"] = np.stack([normalize_image(f, cfg.image_norm) for f in frames])
   if cfg.gt_masks:
     masks = list(record.get("masks", []))
     gt = np.zeros((cfg.max_sources, gt_maps.GT_SIZE, gt_maps.GT_SIZE), np.float32)
@@ -398,6 +427,9 @@ class EvalData:
   num_batches: int    # batches per host (equal on every host)
   # Official GT format of a real dataset (avl_jax.metrics.gt_maps.FORMATS, e.g. 'music_solo'), '' otherwise.
   gt_format: str = ""
+  # The examples store the duet partner's own frame (vggsound/duet, vgginstruments/multi): `source_image[:, 1]`
+  # is a different picture, and T-VSL evaluates on the [own | partner] canvas.
+  partner_frames: bool = False
 
 
 def create_eval_dataset(config: ml_collections.ConfigDict, split: str, per_host_batch: int,
@@ -417,7 +449,9 @@ def create_eval_dataset(config: ml_collections.ConfigDict, split: str, per_host_
   cfg = dataclasses.replace(cfg, gt_masks=gt_format.startswith("vgginstruments"))
   dataset = grain.MapDataset.range(num_batches * per_host_batch).map(EvalDecode(cfg, source, len(source), real))
   dataset = dataset.batch(per_host_batch, drop_remainder=True)
-  return EvalData(dataset=dataset, num_examples=total, num_batches=num_batches, gt_format=gt_format)
+  partner_frames = gt_format in ("vggsound_duet", "vgginstruments_multi") and cfg.per_source_frames
+  return EvalData(dataset=dataset, num_examples=total, num_batches=num_batches, gt_format=gt_format,
+                  partner_frames=bool(partner_frames))
 
 
 # grain logs every worker start at INFO; keep the training log readable.

@@ -30,6 +30,8 @@ from avl_jax import eval_lib
 from avl_jax import input_pipeline
 from avl_jax import models
 from avl_jax import sharding
+from avl_jax import tvsl_lib
+from avl_jax.models.tvsl import params as tvsl_params
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -43,16 +45,35 @@ class TrainState:
   batch_stats: Any
   opt_state: Any
   rng: jax.Array  # raw uint32 key; per-step keys are fold_in(rng, step)
+  # Constant inputs of the model that are not parameters (T-VSL: the encoded text bank and the label -> bank
+  # row table, `tvsl_lib`); {} for the AVGN family. Not checkpointed: recomputed from the frozen text tower
+  # on every start (`fill_consts`), so the same bank comes back and extra zero-shot classes can be added.
+  consts: Any = flax.struct.field(default_factory=dict)
 
   @property
   def variables(self) -> dict[str, Any]:
-    return {"params": self.params, "batch_stats": self.batch_stats}
+    variables = {"params": self.params, "batch_stats": self.batch_stats}
+    if self.consts:
+      variables["consts"] = self.consts
+    return variables
 
 
 # ---------------------------------------------------------------------------------------------- model / optimizer
 
+def is_text_model(config: ml_collections.ConfigDict) -> bool:
+  return config.model_name in models.TEXT_MODELS
+
+
 def create_model(config: ml_collections.ConfigDict):
-  return models.get_model(config.model_name, num_classes=config.dataset.num_classes, **config.model.to_dict())
+  fields = config.model.to_dict()
+  if config.model.get("dtype"):
+    fields["dtype"] = jnp.dtype(config.model.dtype)
+  if config.model_name in models.FROZEN_TOWER_MODELS:
+    tvsl_lib.check_model_config(config)
+  model_class = models.MODELS.get(config.model_name)
+  if model_class is not None and "num_classes" in models.model_fields(model_class):
+    fields["num_classes"] = config.dataset.num_classes
+  return models.get_model(config.model_name, **fields)
 
 
 def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
@@ -63,7 +84,16 @@ def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
     return optax.warmup_cosine_decay_schedule(
         init_value=0.0, peak_value=opt.learning_rate, warmup_steps=opt.warmup_steps,
         decay_steps=max(config.num_train_steps, opt.warmup_steps + 1))
-  raise ValueError(f"config.optimizer.schedule={opt.schedule!r}; expected 'constant' or 'cosine'.")
+  if opt.schedule == "cosine_tvsl":
+    # T-VSL's per-iteration cosine over epochs counted from 1 (spec tvsl.md §6): lr = lr0 / 2 (1 + cos(pi e / E)),
+    # e = 1 + step / steps_per_epoch in [1, E + 1), no warm-up.
+    epochs = config.get("num_epochs") or opt.get("cosine_epochs")
+    if not epochs:
+      raise ValueError("config.optimizer.schedule='cosine_tvsl' counts epochs: set config.num_epochs (or "
+                       "config.optimizer.cosine_epochs when training by steps).")
+    steps_per_epoch = config.num_train_steps / epochs
+    return lambda step: opt.learning_rate * 0.5 * (1 + jnp.cos(jnp.pi * (1 + step / steps_per_epoch) / epochs))
+  raise ValueError(f"config.optimizer.schedule={opt.schedule!r}; expected 'constant', 'cosine' or 'cosine_tvsl'.")
 
 
 def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
@@ -76,15 +106,33 @@ def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransfo
     chain.append(optax.add_decayed_weights(opt.weight_decay))
   chain.append(optax.scale_by_adam(b1=opt.b1, b2=opt.b2, eps=opt.eps))
   chain.append(optax.scale_by_learning_rate(learning_rate_schedule(config)))
-  return optax.chain(*chain)
+  tx = optax.chain(*chain)
+  if config.model_name in models.FROZEN_TOWER_MODELS:
+    # The frozen AudioCLIP towers get zero updates and no optimizer state (spec tvsl.md §3).
+    tx = optax.multi_transform({tvsl_params.TRAINABLE: tx, tvsl_params.FROZEN: optax.set_to_zero()},
+                               tvsl_params.param_labels)
+  return tx
+
+
+def num_samples(config: ml_collections.ConfigDict) -> int:
+  return int(round(config.dataset.audio_seconds * config.dataset.sample_rate))
 
 
 def dummy_inputs(config: ml_collections.ConfigDict, batch: int):
   ds = config.dataset
-  num_samples = int(round(ds.audio_seconds * ds.sample_rate))
+  if is_text_model(config):
+    consts = tvsl_lib.abstract_consts(config, config.model.get("embed_dim", 1024))
+    return dict(canvas=jnp.zeros((batch, ds.image_size, 2 * ds.image_size, 3), jnp.float32),
+                waveform=jnp.zeros((batch, num_samples(config)), jnp.float32),
+                text_bank=jnp.asarray(consts["text_bank"]),
+                class_rows=jnp.zeros((batch, 2), jnp.int32))
+  if config.model_name in models.WAVEFORM_INPUT:
+    spec = jnp.zeros((batch, num_samples(config)), jnp.float32)
+  else:
+    spec = jnp.zeros((batch, 257, audio.num_frames(num_samples(config)), 1), jnp.float32)
   return dict(
       image=jnp.zeros((batch, ds.image_size, ds.image_size, 3), jnp.float32),
-      spec=jnp.zeros((batch, 257, audio.num_frames(num_samples), 1), jnp.float32),
+      spec=spec,
       visual_class=jnp.zeros((batch,), jnp.int32),
       audio_label=jnp.zeros((batch, ds.num_classes), jnp.float32))
 
@@ -96,8 +144,19 @@ def init_state(config: ml_collections.ConfigDict, model, tx, rng: jax.Array) -> 
   init_key = jax.random.key(jax.random.randint(init_rng, (), 0, jnp.iinfo(jnp.int32).max), impl="rbg")
   variables = model.init({"params": init_key}, **dummy_inputs(config, 2), train=False)
   params = variables["params"]
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                    batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params), rng=state_rng)
+  consts = {}
+  if is_text_model(config):  # Placeholders of the right shapes; `fill_consts` encodes the bank after init.
+    consts = jax.tree.map(jnp.asarray, tvsl_lib.abstract_consts(config, config.model.get("embed_dim", 1024)))
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=variables.get("batch_stats", {}),
+                    opt_state=tx.init(params), rng=state_rng, consts=consts)
+
+
+def fill_consts(config: ml_collections.ConfigDict, model, state: TrainState, mesh) -> TrainState:
+  """T-VSL: encodes the text bank with the (frozen, possibly just loaded) text tower; a no-op otherwise."""
+  if not is_text_model(config):
+    return state
+  consts = tvsl_lib.make_consts(config, model, state.params)
+  return state.replace(consts=jax.device_put(consts, sharding.replicated(mesh)))
 
 
 def apply_init_from(state: TrainState, path: str, mesh) -> TrainState:
@@ -123,21 +182,41 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model, tx, con
   """One optimizer step on a global batch; returns the new state and scalar metrics."""
   rng = jax.random.fold_in(state.rng, state.step)
   dropout_rng, gumbel_rng = jax.random.split(rng)
-  spec = spectrogram(config, batch["waveform"])
+  rngs = {"dropout": dropout_rng, "gumbel": gumbel_rng}
+
+  if is_text_model(config):
+    # T-VSL: canvas [own | partner], the mixture, the sources' classes as bank rows (conditioning) and as
+    # dataset labels (the loss targets under label_order='official').
+    class_rows = tvsl_lib.rows_of(state.consts["class_rows"], batch["source_class"])
+
+    def apply(params):
+      return model.apply({"params": params, "batch_stats": state.batch_stats}, batch["image"], batch["waveform"],
+                         state.consts["text_bank"], class_rows, batch["source_class"], train=True, rngs=rngs,
+                         mutable=["batch_stats"])
+  else:
+    spec = batch["waveform"] if config.model_name in models.WAVEFORM_INPUT else spectrogram(
+        config, batch["waveform"])
+
+    def apply(params):
+      return model.apply({"params": params, "batch_stats": state.batch_stats}, batch["image"], spec,
+                         batch["visual_class"], batch["audio_label"], train=True, rngs=rngs,
+                         mutable=["batch_stats"])
 
   def loss_fn(params):
-    (losses, _), new_model_state = model.apply(
-        {"params": params, "batch_stats": state.batch_stats}, batch["image"], spec, batch["visual_class"],
-        batch["audio_label"], train=True, rngs={"dropout": dropout_rng, "gumbel": gumbel_rng},
-        mutable=["batch_stats"])
+    (losses, _), new_model_state = apply(params)
     return losses["loss"], (losses, new_model_state)
 
   grads, (losses, new_model_state) = jax.grad(loss_fn, has_aux=True)(state.params)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   metrics = dict(losses)
-  metrics["grad_norm"] = optax.global_norm(grads)
-  metrics["param_norm"] = optax.global_norm(params)
+  if config.model_name in models.FROZEN_TOWER_MODELS:  # norms of what trains (the towers' grads are zero)
+    mask = tvsl_params.trainable_mask(params)
+    metrics["grad_norm"] = optax.global_norm(jax.tree.map(lambda g, m: g if m else 0.0, grads, mask))
+    metrics["param_norm"] = optax.global_norm(jax.tree.map(lambda p, m: p if m else 0.0, params, mask))
+  else:
+    metrics["grad_norm"] = optax.global_norm(grads)
+    metrics["param_norm"] = optax.global_norm(params)
   metrics["learning_rate"] = learning_rate_schedule(config)(state.step)
   new_state = state.replace(step=state.step + 1, params=params,
                             batch_stats=new_model_state.get("batch_stats", state.batch_stats), opt_state=opt_state)
@@ -259,11 +338,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     logging.info("Initialised from scratch (seed %d).", config.seed)
     if config.init_from:
       state = apply_init_from(state, config.init_from, mesh)
+  state = fill_consts(config, model, state, mesh)  # T-VSL: the text bank of the (restored) frozen text tower
   start_step = int(state.step)
   if start_step == 0:
     logging.info("Parameter overview:\n%s", parameter_overview.get_parameter_overview(state.params))
   num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
   logging.info("Model %s with %s parameters.", config.model_name, f"{num_params:,}")
+  if config.model_name in models.FROZEN_TOWER_MODELS:
+    logging.info("Trainable (outside the frozen AudioCLIP towers): %s.",
+                 f"{tvsl_params.count_params(state.params, trainable=True):,}")
   writer.write_hparams({k: v for k, v in flatten_config(config).items()})
 
   report = periodic_actions.ReportProgress(num_train_steps=config.num_train_steps, writer=writer)

@@ -17,8 +17,10 @@ def colormap(values: np.ndarray) -> np.ndarray:
   return rgb.astype(np.uint8)
 
 
-def _draw_box(draw: ImageDraw.ImageDraw, box: np.ndarray, size: int, colour, width: int = 2) -> None:
-  x1, y1, x2, y2 = (float(np.clip(v, 0, 1)) * (size - 1) for v in box)
+def _draw_box(draw: ImageDraw.ImageDraw, box: np.ndarray, size: tuple[int, int], colour, width: int = 2) -> None:
+  height, width_px = size
+  x1, x2 = (float(np.clip(v, 0, 1)) * (width_px - 1) for v in box[0::2])
+  y1, y2 = (float(np.clip(v, 0, 1)) * (height - 1) for v in box[1::2])
   draw.rectangle((x1, y1, x2, y2), outline=colour, width=width)
 
 
@@ -31,27 +33,28 @@ def _outline(mask: np.ndarray) -> np.ndarray:
 
 def heatmap_grid(frames: np.ndarray, heatmaps: np.ndarray, binarised: np.ndarray, boxes: np.ndarray,
                  box_source: np.ndarray, source_class: np.ndarray, path: str,
-                 class_names: Sequence[str] | None = None, size: int = 224) -> None:
+                 class_names: Sequence[str] | None = None, size: int | tuple[int, int] = 224) -> None:
   """Writes a PNG grid, one row per example.
 
   Args:
     frames: [N, H, W, 3] uint8.
-    heatmaps: [N, S, size, size] in [0, 1] (normalised predictions).
+    heatmaps: [N, S, H, W] in [0, 1] (normalised predictions), (H, W) = size (an int: square).
     binarised: [N, S, size, size] bool (the evaluated binarised region).
     boxes: [N, NB, 4] normalised xyxy, padded with -1; box_source: [N, NB] source index (-1 padding).
     source_class: [N, S] class id per source (-1 = no source).
   """
   n, num_sources = heatmaps.shape[:2]
-  tile = size + 4
-  canvas = Image.new("RGB", (tile * (1 + num_sources), tile * n), (255, 255, 255))
+  size = (size, size) if isinstance(size, int) else tuple(size)
+  tile_h, tile_w = size[0] + 4, size[1] + 4
+  canvas = Image.new("RGB", (tile_w * (1 + num_sources), tile_h * n), (255, 255, 255))
   for i in range(n):
-    frame = Image.fromarray(frames[i]).resize((size, size), Image.BICUBIC)
+    frame = Image.fromarray(frames[i]).resize((size[1], size[0]), Image.BICUBIC)
     base = frame.copy()
     draw = ImageDraw.Draw(base)
     for box, src in zip(boxes[i], box_source[i]):
       if src >= 0:
         _draw_box(draw, box, size, SOURCE_COLOURS[src % len(SOURCE_COLOURS)])
-    canvas.paste(base, (0, i * tile))
+    canvas.paste(base, (0, i * tile_h))
     for s in range(num_sources):
       if source_class[i, s] < 0:
         continue
@@ -65,5 +68,5 @@ def heatmap_grid(frames: np.ndarray, heatmaps: np.ndarray, binarised: np.ndarray
           _draw_box(draw, box, size, colour)
       cls = int(source_class[i, s])
       draw.text((4, 4), class_names[cls] if class_names else f"class {cls}", fill=colour)
-      canvas.paste(panel, ((1 + s) * tile, i * tile))
+      canvas.paste(panel, ((1 + s) * tile_w, i * tile_h))
   canvas.save(path)

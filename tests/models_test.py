@@ -334,9 +334,10 @@ def test_ezvsl_outputs_and_localize():
 
 
 def test_registry():
-  assert models.MODELS == {'avgn': models.AVGN, 'ezvsl': models.EZVSL}
+  assert set(models.MODELS) == {'avgn', 'ezvsl', 'avgn_audioclip', 'tvsl', 'tvsl_single_stage'}
+  assert models.TEXT_MODELS < set(models.MODELS) and models.FROZEN_TOWER_MODELS < set(models.MODELS)
   assert isinstance(models.get_model('avgn', num_classes=3), models.AVGN)
-  with pytest.raises(ValueError, match=r"Unknown model 'vggss'.*'avgn', 'ezvsl'"):
+  with pytest.raises(ValueError, match=r"Unknown model 'vggss'.*'avgn', 'avgn_audioclip', 'ezvsl'"):
     models.get_model('vggss')
   with pytest.raises(ValueError, match=r"no field 'depth'.*depth_vis"):
     models.get_model('avgn', num_classes=3, depth=2)

@@ -7,6 +7,9 @@ statistics updated), then an eval call with those re-estimated statistics. `pyte
 max |ours - official| / max |official| per array.
 """
 import importlib.util
+import os
+import subprocess
+import sys
 
 from flax import traverse_util
 import jax
@@ -14,6 +17,7 @@ import numpy as np
 import pytest
 import scipy.special
 
+from avl_jax import checkpointing
 from avl_jax.convert import audioclip_weights
 from avl_jax.convert import tvsl_weights
 from avl_jax.metrics import postprocess as metrics_postprocess
@@ -310,3 +314,26 @@ def test_score_parity_and_binarisation(official_calls, variables, reference, cla
     assert score_error <= up_error * amplification * 1.01 + 1e-6
     assert score_error <= 2 * official_score_rounding + 1e-4  # Same order as the official's own rounding.
     assert np.all(near[flipped])
+
+
+@pytest.mark.slow
+def test_convert_cli_tvsl_checkpoint(state_dict, variables, tmp_path):
+  """`python -m avl_jax.convert --format=tvsl` on a DDP-prefixed T-VSL state dict of the released sizes gives
+  exactly the converter's variables; a second run refuses to overwrite."""
+  path = tmp_path / "model_best.npz"
+  np.savez(path, **{f"module.{k}": v for k, v in state_dict.items()})  # DDP keys
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  cmd = [sys.executable, "-m", "avl_jax.convert", "--format=tvsl", f"--input={path}",
+         f"--output={tmp_path / 'out'}"]
+  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+  done = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=600, check=False)
+  assert done.returncode == 0, done.stderr[-3000:]
+  loaded, metadata = checkpointing.load_variables(str(tmp_path / "out"))
+  assert metadata["format"] == "tvsl" and metadata["checkpoint_kind"] == "tvsl"
+  flat = lambda tree: {(c,) + k: v for c in tree for k, v in traverse_util.flatten_dict(dict(tree[c])).items()}
+  expected, got = flat(variables), flat(loaded)
+  assert expected.keys() == got.keys()
+  for key in expected:
+    np.testing.assert_array_equal(got[key], expected[key], err_msg="/".join(key))
+  again = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=600, check=False)
+  assert again.returncode != 0 and "already exists" in again.stderr

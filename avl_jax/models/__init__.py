@@ -1,7 +1,15 @@
 """Model registry: `get_model('avgn', num_classes=37, ...)`.
 
-Every model takes (image [B, H, W, 3], spec [B, F, T, 1], visual_class [B], audio_label [B, C], train=...)
-and returns (losses, outputs); `localize(image, spec, class_ids [B, S])` returns maps [B, S, h, w].
+Two families:
+* AVGN-style (`avgn`, `ezvsl`, `avgn_audioclip`): (image [B, H, W, 3], spec, visual_class [B], audio_label
+  [B, C], train=...) -> (losses, outputs); `localize(image, spec, class_ids [B, S])` -> maps [B, S, h, w].
+  `spec` is the log spectrogram [B, F, T, 1], except for the models in WAVEFORM_INPUT, which take the
+  waveform [B, N] there.
+* T-VSL-style (`tvsl`, `tvsl_single_stage`, TEXT_MODELS): (canvas [B, H, W, 3], waveform [B, N], text_bank
+  [C, D], class_rows [B, K], labels [B, K], train=...) -> (losses, outputs); `localize(canvas, waveform,
+  text_bank, class_rows)` -> maps [B, K, h, w]. Their class vocabulary is the text bank, not `num_classes`.
+Models in FROZEN_TOWER_MODELS carry a frozen `audioclip` subtree that the optimizer must leave untouched
+(`avl_jax.models.tvsl.params`) and expect CLIP-normalised images (config.dataset.image_norm='clip').
 """
 import dataclasses
 
@@ -9,11 +17,17 @@ import flax.linen as nn
 
 from avl_jax.models import avgn
 from avl_jax.models import ezvsl
+from avl_jax.models import tvsl
 
 AVGN = avgn.AVGN
 EZVSL = ezvsl.EZVSL
 
-MODELS: dict[str, type[nn.Module]] = {'avgn': AVGN, 'ezvsl': EZVSL}
+MODELS: dict[str, type[nn.Module]] = {
+    'avgn': AVGN, 'ezvsl': EZVSL, 'avgn_audioclip': tvsl.AVGNAudioCLIP, 'tvsl': tvsl.TVSL,
+    'tvsl_single_stage': tvsl.TVSLSingleStage}
+TEXT_MODELS = frozenset({'tvsl', 'tvsl_single_stage'})
+WAVEFORM_INPUT = frozenset({'avgn_audioclip'})
+FROZEN_TOWER_MODELS = frozenset({'avgn_audioclip', 'tvsl', 'tvsl_single_stage'})
 
 # Flax adds these dataclass fields to every Module; they are not model settings.
 _FLAX_FIELDS = frozenset({'parent', 'name'})

@@ -25,6 +25,12 @@ SOLO = builder_lib.RawConfig(
 DUET = builder_lib.RawConfig(
     name="duet", description="MUSIC-Duet: 8 instruments, 2 sources per frame (natural duets), 16 kHz, 5 s window.",
     num_classes=8, gt_format="music_duet", sample_rate=16000, audio_seconds=5.0)
+SOLO_44K = builder_lib.RawConfig(
+    name="solo_44k", description="MUSIC-Solo at 44.1 kHz (T-VSL), 5 s centre audio window.",
+    num_classes=11, gt_format="music_solo", sample_rate=44100, audio_seconds=5.0)
+DUET_44K = builder_lib.RawConfig(
+    name="duet_44k", description="MUSIC-Duet at 44.1 kHz (T-VSL), 5 s centre audio window.",
+    num_classes=8, gt_format="music_duet", sample_rate=44100, audio_seconds=5.0)
 
 _DESCRIPTION = """\
 MUSIC (Sound-of-Pixels) frames with the official AVGN splits: MUSIC-Solo (11 classes) and MUSIC-Duet (8 classes,
@@ -65,17 +71,17 @@ class Music(builder_lib.RawAvBuilder):
 
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "Initial release: solo and duet configs from the official AVGN metadata."}
-  BUILDER_CONFIGS = [SOLO, DUET]
+  BUILDER_CONFIGS = [SOLO, DUET, SOLO_44K, DUET_44K]
   DEFAULT_CONFIG_NAME = "solo"
   MANUAL_DOWNLOAD_INSTRUCTIONS = _INSTRUCTIONS
   DESCRIPTION = _DESCRIPTION
   HOMEPAGE = "https://github.com/roudimit/MUSIC_dataset"
 
   def _class_names(self) -> list[str]:
-    return list(bundled_classes(self.builder_config.name))
+    return list(bundled_classes(self.builder_config.name.removesuffix("_44k")))
 
   def _split_items(self, split: str, manual_dir: str) -> builder_lib.SplitItems:
-    variant = self.builder_config.name
+    variant = self.builder_config.name.removesuffix("_44k")
     if split == "train":
       return self._train_items(variant, manual_dir)
     if split == "test":

@@ -28,6 +28,12 @@ MULTI = builder_lib.RawConfig(
     name="multi", description="VGGSound-Instruments multi: test samples paired with fixed partners (both frames, "
     "audio and masks stored), 16 kHz, whole clips.",
     num_classes=37, gt_format="vgginstruments_multi", sample_rate=16000, audio_seconds=0.0)
+SINGLE_44K = builder_lib.RawConfig(
+    name="single_44k", description="VGGSound-Instruments at 44.1 kHz (T-VSL), whole clips.",
+    num_classes=37, gt_format="vgginstruments", sample_rate=44100, audio_seconds=0.0)
+MULTI_44K = builder_lib.RawConfig(
+    name="multi_44k", description="VGGSound-Instruments multi at 44.1 kHz (T-VSL), whole clips.",
+    num_classes=37, gt_format="vgginstruments_multi", sample_rate=44100, audio_seconds=0.0)
 
 _DESCRIPTION = """\
 VGGSound-Instruments (Mix-and-Localize): 37 instrument classes of VGGSound. Train: AVGN's list of 33,934
@@ -60,7 +66,7 @@ class Vgginstruments(builder_lib.RawAvBuilder):
 
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "Initial release: single and multi configs, mask GT."}
-  BUILDER_CONFIGS = [SINGLE, MULTI]
+  BUILDER_CONFIGS = [SINGLE, MULTI, SINGLE_44K, MULTI_44K]
   DEFAULT_CONFIG_NAME = "single"
   MANUAL_DOWNLOAD_INSTRUCTIONS = _INSTRUCTIONS
   DESCRIPTION = _DESCRIPTION
@@ -70,7 +76,7 @@ class Vgginstruments(builder_lib.RawAvBuilder):
     return list(bundled_classes())
 
   def _split_items(self, split: str, manual_dir: str) -> builder_lib.SplitItems:
-    variant = self.builder_config.name
+    variant = self.builder_config.name.removesuffix("_44k")
     if split not in ("train", "test"):
       raise ValueError(f"vgginstruments has splits 'train' and 'test', not {split!r}")
     source = metadata.require(FILES[variant][split], manual_dir)

@@ -26,6 +26,9 @@ DUET = builder_lib.RawConfig(
     name="duet", description="VGGSound-Duet: as single, test clips paired with the fixed partners of "
     "vggsound_duet_test.csv (both frames, audio and boxes stored), 16 kHz, whole clips.",
     num_classes=221, gt_format="vggsound_duet", sample_rate=16000, audio_seconds=0.0)
+SINGLE_44K = builder_lib.RawConfig(
+    name="single_44k", description="VGGSound-Single at 44.1 kHz (T-VSL), whole clips.",
+    num_classes=221, gt_format="vggsound_single", sample_rate=44100, audio_seconds=0.0)
 DUET_44K = builder_lib.RawConfig(
     name="duet_44k", description="VGGSound-Duet at 44.1 kHz (the T-VSL recipe), whole clips.",
     num_classes=221, gt_format="vggsound_duet", sample_rate=44100, audio_seconds=0.0)
@@ -63,7 +66,7 @@ class Vggsound(builder_lib.RawAvBuilder):
 
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "Initial release: single, duet and duet_44k configs; VGG-SS test set."}
-  BUILDER_CONFIGS = [SINGLE, DUET, DUET_44K]
+  BUILDER_CONFIGS = [SINGLE, DUET, SINGLE_44K, DUET_44K]
   DEFAULT_CONFIG_NAME = "single"
   MANUAL_DOWNLOAD_INSTRUCTIONS = _INSTRUCTIONS
   DESCRIPTION = _DESCRIPTION

@@ -108,7 +108,7 @@ def predict_split(config, model, variables, mesh, split: str, localize_fn=None) 
   row0 = jax.process_index() * per_host
   for batch in data.dataset:
     if outputs is None:
-      keep += [k for k in ("boxes_raw", "gt_mask", "has_gt_mask") if k in batch]
+      keep += [k for k in ("boxes_raw", "gt_mask", "has_gt_mask", "partner_id") if k in batch]
       outputs = {k: [] for k in keep + ["maps", "mask"]}
     inputs = sharding.host_to_global(
         {k: batch[k] for k in ("image", "waveform", "source_class")}, mesh)
@@ -216,6 +216,42 @@ def item_gt_map(pred: dict[str, Any], i: int, s: int, protocol: str) -> tuple[np
   else:
     pixels = gt_maps.normalized_to_pixels(pred["boxes"][i][in_source])
   return gt_maps.pixel_boxes_to_gt_map(pixels.reshape(-1, 4), gt_format, protocol).astype(np.float32), nbox
+
+
+def avgn_duet_gt_bug(pred: dict[str, Any]) -> tuple[dict[str, Any], int]:
+  """The official AVGN vggsound_duet test GT (spec/metrics.md §2, defect i): source 0 is scored against the GT of
+  the *partner* and source 1 against the GT of the partner's partner (the partner's own csv row).
+
+  Returns a copy of `pred` whose boxes / boxes_raw / box_source are replaced accordingly, and how many items have
+  no such GT (the partner's partner is not an example of the split, e.g. skipped at preparation: empty GT).
+  The partners are looked up over every host's examples.
+  """
+  ids = input_pipeline.decode_ids(_gather(pred["id"]))
+  all_raw, all_boxes, all_source = (_gather(pred[k]) for k in ("boxes_raw", "boxes", "box_source"))
+  row_of = {example_id: r for r, example_id in enumerate(ids)}
+  partners = input_pipeline.decode_ids(pred["partner_id"])
+  boxes_raw, boxes = np.full_like(pred["boxes_raw"], -1.0), np.full_like(pred["boxes"], -1.0)
+  box_source = np.full_like(pred["box_source"], -1)
+  missing = 0
+  for i, partner in enumerate(partners):
+    # source 0 <- the partner's boxes (this example's source 1); source 1 <- the partner's partner's boxes
+    # (the partner example's source 1).
+    rows = [(pred["boxes_raw"][i], pred["boxes"][i], pred["box_source"][i])]
+    r = row_of.get(partner)
+    rows.append((all_raw[r], all_boxes[r], all_source[r]) if r is not None else None)
+    slot = 0
+    for s, entry in enumerate(rows):
+      if entry is None:
+        missing += 1
+        continue
+      raw, box, src = entry
+      for b in np.flatnonzero(src == 1):
+        if slot < boxes.shape[1]:
+          boxes_raw[i, slot], boxes[i, slot], box_source[i, slot] = raw[b], box[b], s
+          slot += 1
+  out = dict(pred)
+  out.update(boxes_raw=boxes_raw, boxes=boxes, box_source=box_source)
+  return out, missing
 
 
 def source_items(pred: dict[str, Any], protocol: str = "official"
@@ -495,10 +531,17 @@ def evaluate_split(config, model, variables, mesh, workdir: str, step: int, spli
                      "no canvas placement. The per-item CSV and JSON are written as usual.")
   pred = predict_split(config, model, variables, mesh, split, localize_fn)
   tau = config.model.get("tau", 0.03)
+  extra = {}
+  if config.eval.get("avgn_duet_gt_bug", False):
+    if pred.get("gt_format") != "vggsound_duet" or config.eval.protocol != "official":
+      raise ValueError("config.eval.avgn_duet_gt_bug reproduces the official AVGN vggsound_duet test GT: it needs "
+                       f"a vggsound/duet dataset and protocol='official' (got gt_format={pred.get('gt_format')!r}, "
+                       f"protocol={config.eval.protocol!r}).")
+    pred, extra["avgn_duet_gt_bug_missing"] = avgn_duet_gt_bug(pred)
+    extra["avgn_duet_gt_bug_missing"] = int(_gather(np.asarray([extra["avgn_duet_gt_bug_missing"]])).sum())
   example_idx, source_idx, gt, nbox = source_items(pred, config.eval.protocol)
   raw_items = pred["maps"][example_idx, source_idx]
   scoring = dict(map_range="logits")
-  extra = {}
   if is_text_model(config):
     gt = tvsl_place_gt(pred, source_idx, gt)
     unmatched = None

@@ -395,6 +395,11 @@ def _real_eval_features(record: dict[str, Any], image: Image.Image, num_sources:
   padded_raw = np.full((cfg.max_boxes, 4), -1.0, np.float64)
   padded_raw[:raw_boxes.shape[0]] = raw_boxes
   out["boxes_raw"] = padded_raw
+  partner_id = np.zeros((64,), np.uint8)  # the fixed duet partner's id ('' if none), for avgn_duet_gt_bug
+  raw_partner = record.get("partner_id", b"")
+  raw_partner = (raw_partner if isinstance(raw_partner, bytes) else str(raw_partner).encode())[:64]
+  partner_id[:len(raw_partner)] = np.frombuffer(raw_partner, np.uint8)
+  out["partner_id"] = partner_id
   if cfg.per_source_frames:
     # Source 0 is the own frame; source 1 the partner's frame when the example stores one (fixed duet pairs),
     # else the same frame (MUSIC's natural duets: "same frame twice", spec/datasets.md §6). Padding: own frame.

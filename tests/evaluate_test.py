@@ -367,3 +367,37 @@ def test_all_resumes_after_being_killed(checkpoint_workdir, tiny_data_dir, tmp_p
   # A missing step is an error of the single-step mode.
   with pytest.raises(FileNotFoundError, match="No checkpoint for step 3"):
     evaluate.evaluate(config, workdir, step=3)
+
+
+def _ids(names):
+  out = np.zeros((len(names), 64), np.uint8)
+  for i, name in enumerate(names):
+    out[i, :len(name)] = np.frombuffer(name.encode(), np.uint8)
+  return out
+
+
+def test_avgn_duet_gt_bug_scores_against_the_partners_gt():
+  """Official AVGN vggsound_duet GT: source 0 <- the partner's boxes, source 1 <- the partner's partner's boxes
+  (here: a -> b -> c; c's partner is missing from the split, so its source 1 has no GT)."""
+  boxes = np.full((3, 4, 4), -1.0, np.float32)
+  box_source = np.full((3, 4), -1, np.int32)
+  own = {k: np.asarray(v, np.float32) for k, v in {
+      "a": [0.0, 0.0, 0.1, 0.1], "b": [0.2, 0.2, 0.3, 0.3], "c": [0.4, 0.4, 0.5, 0.5], "z": [0.6, 0.6, 0.7, 0.7]}.items()}
+  pairs = [("a", "b"), ("b", "c"), ("c", "z")]
+  for i, (example, partner) in enumerate(pairs):
+    boxes[i, 0], boxes[i, 1] = own[example], own[partner]
+    box_source[i, :2] = [0, 1]
+  pred = {"id": _ids([p[0] for p in pairs]), "partner_id": _ids([p[1] for p in pairs]), "boxes": boxes,
+          "boxes_raw": boxes.astype(np.float64), "box_source": box_source,
+          "source_class": np.zeros((3, 2), np.int32), "gt_format": "vggsound_duet"}
+  out, missing = eval_lib.avgn_duet_gt_bug(pred)
+  assert missing == 1
+  np.testing.assert_array_equal(out["boxes"][0, :2], [own["b"], own["c"]])  # a: partner b, b's partner c
+  np.testing.assert_array_equal(out["box_source"][0, :2], [0, 1])
+  np.testing.assert_array_equal(out["boxes"][1, :2], [own["c"], own["z"]])
+  np.testing.assert_array_equal(out["boxes"][2, 0], own["z"])
+  assert out["box_source"][2].tolist() == [0, -1, -1, -1]  # z is not in the split
+  _, _, gt, nbox = eval_lib.source_items(out, "official")
+  assert nbox.tolist() == [1, 1, 1, 1, 1, 0] and gt[5].sum() == 0
+  np.testing.assert_array_equal(gt[0], gt_maps.pixel_boxes_to_gt_map(
+      gt_maps.normalized_to_pixels(own["b"][None].astype(np.float64)), "vggsound_duet", "official"))

@@ -184,15 +184,20 @@ def avgn_paper_config(setting: str, arg: str | None) -> ml_collections.ConfigDic
     ds.eval_splits = ("test_duet",) if paper["mix"] else ("test_single",)
     ds.image_size, ds.resize_size = 32, 36
     ds.audio_seconds = 1.0
-    ds.num_workers = 0
-    config.num_epochs = None
-    config.num_train_steps = 2
-    config.batch_size = 8
-    config.eval_batch_size = 8
-    config.log_every_steps = 1
-    config.checkpoint_every_steps = 2
-    config.eval.num_visualize = 2
+    _runlocal_schedule(config)
   return config
+
+
+def _runlocal_schedule(config: ml_collections.ConfigDict) -> None:
+  """The `runlocal` run: 2 steps of batch 8 in-process, a checkpoint and an evaluation at the end."""
+  config.dataset.num_workers = 0
+  config.num_epochs = None
+  config.num_train_steps = 2
+  config.batch_size = 8
+  config.eval_batch_size = 8
+  config.log_every_steps = 1
+  config.checkpoint_every_steps = 2
+  config.eval.num_visualize = 2
 
 
 # T-VSL settings (spec tvsl.md §6-7): 44.1 kHz datasets (`*_44k` builder configs). Training always mixes a
@@ -288,13 +293,6 @@ def tvsl_paper_config(setting: str, arg: str | None, *, model: str = "tvsl") -> 
     ds.image_size, ds.resize_size = 64, 72
     ds.sample_rate = 16000
     ds.audio_seconds = 0.25
-    ds.num_workers = 0
-    config.num_epochs = None
+    _runlocal_schedule(config)
     config.optimizer.cosine_epochs = 100.0  # the official 100-epoch cosine, compressed into the 2 steps
-    config.num_train_steps = 2
-    config.batch_size = 8
-    config.eval_batch_size = 8
-    config.log_every_steps = 1
-    config.checkpoint_every_steps = 2
-    config.eval.num_visualize = 2
   return config

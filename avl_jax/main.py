@@ -3,8 +3,8 @@ r"""Training binary.
   python -m avl_jax.main --config=configs/avgn_synthetic.py --workdir=/tmp/avgn
 
 Flags: --config (a config file, optionally `:arg` string; override any field with --config.FIELD=VALUE; an
-unknown field is an error), --distributed (multi-host), --workdir (checkpoints, TensorBoard logs, config.json and eval results; rerunning
-with the same workdir resumes from its latest checkpoint).
+unknown field is an error), --distributed (multi-host), --workdir (checkpoints, TensorBoard logs, config.json and
+eval results; rerunning with the same workdir resumes from its latest checkpoint).
 """
 import os
 

@@ -381,8 +381,8 @@ def test_avgn_duet_gt_bug_scores_against_the_partners_gt():
   (here: a -> b -> c; c's partner is missing from the split, so its source 1 has no GT)."""
   boxes = np.full((3, 4, 4), -1.0, np.float32)
   box_source = np.full((3, 4), -1, np.int32)
-  own = {k: np.asarray(v, np.float32) for k, v in {
-      "a": [0.0, 0.0, 0.1, 0.1], "b": [0.2, 0.2, 0.3, 0.3], "c": [0.4, 0.4, 0.5, 0.5], "z": [0.6, 0.6, 0.7, 0.7]}.items()}
+  corners = {"a": 0.0, "b": 0.2, "c": 0.4, "z": 0.6}
+  own = {k: np.asarray([v, v, v + 0.1, v + 0.1], np.float32) for k, v in corners.items()}
   pairs = [("a", "b"), ("b", "c"), ("c", "z")]
   for i, (example, partner) in enumerate(pairs):
     boxes[i, 0], boxes[i, 1] = own[example], own[partner]

@@ -245,6 +245,29 @@ class TVSLBase(nn.Module):
                        'ground-truth sources); pass class_rows or set top_k.')
     return class_rows.shape[1]
 
+  def class_heads(self, adapted: dict[str, jax.Array], conditioned: dict[str, jax.Array], text_bank: jax.Array,
+                  targets: jax.Array, valid: jax.Array, grid_hw: tuple[int, int],
+                  with_maps: bool) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
+    """What both models compute from the class-conditioned features: the class logits against the bank, L_img
+    and L_aud (cross-entropy on `targets` [B, K], weighted by `valid`), L_cnt, and the outputs dict (the
+    `adapt_tokens` outputs, the class features, the logits, 'valid' and, with_maps, the stop-gradient maps)."""
+    scales = self.class_temperatures()
+    img_cls_logits = scales['image_text'] * conditioned['img_cls_feat'] @ text_bank.T
+    aud_cls_logits = scales['audio_text'] * conditioned['aud_cls_feat'] @ text_bank.T
+    weights = valid.astype(jnp.float32)
+    loss_img = tvsl_layers.cross_entropy(img_cls_logits, targets, weights)
+    loss_aud = tvsl_layers.cross_entropy(aud_cls_logits, targets, weights)
+    loss_cnt, cnt_logits = tvsl_layers.contrastive_loss(
+        conditioned['aud_query'], conditioned['img_aud_feat'], valid, scales['audio_image'], self.loss_groups)
+    outputs = dict(adapted)
+    outputs.update({key: conditioned[key] for key in tvsl_layers.CLASS_FEATURES})
+    outputs.update(img_cls_logits=img_cls_logits, aud_cls_logits=aud_cls_logits, cnt_logits=cnt_logits,
+                   valid=valid)
+    if with_maps:
+      outputs['maps'] = jax.lax.stop_gradient(self.class_maps(
+          adapted['image_tokens'], conditioned['image_mask'], conditioned['aud_query'], grid_hw))
+    return {'loss_img': loss_img, 'loss_aud': loss_aud, 'loss_cnt': loss_cnt}, outputs
+
   def class_temperatures(self) -> dict[str, jax.Array]:
     """The frozen AudioCLIP temperatures: image-text (L_img), audio-text (L_aud), audio-image (L_cnt)."""
     return self.audioclip.temperatures()

@@ -120,29 +120,14 @@ class TVSL(base.TVSLBase):
     valid = class_rows >= 0
     text = text_bank[jnp.maximum(class_rows, 0)]  # t_k [B, K, D]
     conditioned = self.condition(adapted['image_tokens'], adapted['audio_tokens'], text)
-    scales = self.class_temperatures()
-    img_cls_logits = scales['image_text'] * conditioned['img_cls_feat'] @ text_bank.T
-    aud_cls_logits = scales['audio_text'] * conditioned['aud_cls_feat'] @ text_bank.T
-
     targets = self.loss_targets(class_rows, labels)
-    weights = valid.astype(jnp.float32)
     # y = label_1 + ... + label_K (not clipped, as the official sum of one-hots).
-    multi_hot = jnp.sum(jax.nn.one_hot(targets, text_bank.shape[0]) * weights[..., None], axis=1)
+    multi_hot = jnp.sum(jax.nn.one_hot(targets, text_bank.shape[0]) * valid[..., None].astype(jnp.float32), axis=1)
     loss_mcl = tvsl_layers.bce_with_logits(stage1_logits, multi_hot)
-    loss_img = tvsl_layers.cross_entropy(img_cls_logits, targets, weights)
-    loss_aud = tvsl_layers.cross_entropy(aud_cls_logits, targets, weights)
-    loss_cnt, cnt_logits = tvsl_layers.contrastive_loss(
-        conditioned['aud_query'], conditioned['img_aud_feat'], valid, scales['audio_image'], self.loss_groups)
-
-    losses = {'loss': loss_img + loss_aud + loss_cnt + loss_mcl, 'loss_mcl': loss_mcl, 'loss_img': loss_img,
-              'loss_aud': loss_aud, 'loss_cnt': loss_cnt}
-    outputs = dict(adapted)
-    outputs.update({key: conditioned[key] for key in tvsl_layers.CLASS_FEATURES})
-    outputs.update(stage1_logits=stage1_logits, fusion_feature=fusion_feature, img_cls_logits=img_cls_logits,
-                   aud_cls_logits=aud_cls_logits, cnt_logits=cnt_logits, text_feat=text, valid=valid)
-    if with_maps:
-      outputs['maps'] = jax.lax.stop_gradient(self.class_maps(
-          adapted['image_tokens'], conditioned['image_mask'], conditioned['aud_query'], grid_hw))
+    losses, outputs = self.class_heads(adapted, conditioned, text_bank, targets, valid, grid_hw, with_maps)
+    losses = {'loss': losses['loss_img'] + losses['loss_aud'] + losses['loss_cnt'] + loss_mcl,
+              'loss_mcl': loss_mcl, **losses}
+    outputs.update(stage1_logits=stage1_logits, fusion_feature=fusion_feature, text_feat=text)
     return losses, outputs
 
   def __call__(self, canvas: jax.Array, waveform: jax.Array, text_bank: jax.Array, class_rows: jax.Array,

@@ -53,23 +53,8 @@ class TVSLSingleStage(base.TVSLBase):
     valid = base.first_occurrences(class_rows)
     rows = jnp.maximum(class_rows, 0)
     conditioned = self.condition(adapted['image_tokens'], adapted['audio_tokens'], text_bank[rows])
-    scales = self.class_temperatures()
-    img_cls_logits = scales['image_text'] * conditioned['img_cls_feat'] @ text_bank.T
-    aud_cls_logits = scales['audio_text'] * conditioned['aud_cls_feat'] @ text_bank.T
-    weights = valid.astype(jnp.float32)
-    loss_img = tvsl_layers.cross_entropy(img_cls_logits, rows, weights)
-    loss_aud = tvsl_layers.cross_entropy(aud_cls_logits, rows, weights)
-    loss_cnt, cnt_logits = tvsl_layers.contrastive_loss(
-        conditioned['aud_query'], conditioned['img_aud_feat'], valid, scales['audio_image'], self.loss_groups)
-    losses = {'loss': loss_img + loss_aud + loss_cnt, 'loss_img': loss_img, 'loss_aud': loss_aud,
-              'loss_cnt': loss_cnt}
-    outputs = dict(adapted)
-    outputs.update({key: conditioned[key] for key in tvsl_layers.CLASS_FEATURES})
-    outputs.update(img_cls_logits=img_cls_logits, aud_cls_logits=aud_cls_logits, cnt_logits=cnt_logits,
-                   valid=valid)
-    if with_maps:
-      outputs['maps'] = jax.lax.stop_gradient(self.class_maps(
-          adapted['image_tokens'], conditioned['image_mask'], conditioned['aud_query'], grid_hw))
+    losses, outputs = self.class_heads(adapted, conditioned, text_bank, rows, valid, grid_hw, with_maps)
+    losses = {'loss': losses['loss_img'] + losses['loss_aud'] + losses['loss_cnt'], **losses}
     return losses, outputs
 
   def __call__(self, canvas: jax.Array, waveform: jax.Array, text_bank: jax.Array, class_rows: jax.Array,

@@ -11,8 +11,9 @@ ESResNeXt-50; 134 M frozen and 33.6 M trainable values); `--size=small` cuts the
 stage and narrow image / text towers (the audio tower's channel widths are fixed by its architecture, so
 small keeps the full-width FBSP front end and ResNeXt stages) and runs in well under a minute on 2 CPU cores.
 
-1. Frozen towers (eval-mode BatchNorm, token mode): image tower on the canvas (98 tokens) and audio tower on
-   the waveform (143 tokens), each with float32 (baseline) and bfloat16 computation (`TVSL.dtype`, threaded
+1. Frozen towers (eval-mode BatchNorm, token mode): image tower on the canvas (98 tokens), audio tower on
+   the waveform (143 tokens) and text tower on the C class names of the bank (examples = names), each with
+   float32 (baseline) and bfloat16 computation (`TVSL.dtype`, threaded
    into AudioCLIP by `tvsl.base.tower_model`; parameters, BatchNorm statistics, the FBSP front end, softmaxes
    and LayerNorms stay float32). examples/s.
 2. The training step: forward, backward and an optax update in which only the trainable parameters move
@@ -224,10 +225,12 @@ def measure(name: str, fn: Callable[..., Any], args: tuple, *, batch: int, steps
 
 
 def tower_functions(model: tvsl.TVSL) -> dict[str, Callable[..., jax.Array]]:
-  """{'image': f(variables, canvas) -> [B, 98, D], 'audio': f(variables, waveform) -> [B, 143, D]}: the frozen
-  AudioCLIP towers of `model` in token mode with eval-mode BatchNorm (AudioCLIP variables)."""
+  """{'image': f(variables, canvas) -> [B, 98, D], 'audio': f(variables, waveform) -> [B, 143, D], 'text':
+  f(variables, ids) -> [C, D]}: the frozen AudioCLIP towers of `model` (image and audio in token mode, eval-mode
+  BatchNorm; text: the class-name embeddings of the bank), on AudioCLIP variables."""
   tower = tvsl_base.tower_model(model)
   return {
+      "text": lambda variables, ids: tower.apply(variables, ids, method="encode_text"),
       "image": lambda variables, canvas: tower.apply(variables, canvas, train=False, return_tokens=True,
                                                      method="encode_image"),
       "audio": lambda variables, waveform: tower.apply(variables, waveform, train=False, return_tokens=True,
@@ -265,7 +268,8 @@ def run_benchmark(size: str = "small", batch: int | None = None, steps: int = 3,
                   log: Callable[[str], None] = print) -> dict[str, Any]:
   """Runs every measurement; returns {'rows': {name: Row}, 'info': {...}}.
 
-  Rows: tower_{image,audio}_{float32,bfloat16}, step_cached_float32, step_cached_bfloat16, step_naive_float32.
+  Rows: tower_{image,audio,text}_{float32,bfloat16} (text: examples = the C bank names), step_naive_float32,
+  step_cached_float32, step_cached_bfloat16.
   """
   batch = batch or DEFAULT_BATCH[size]
   device = jax.devices()[0]
@@ -290,12 +294,14 @@ def run_benchmark(size: str = "small", batch: int | None = None, steps: int = 3,
 
   rows = {}
   tower_variables = jax.device_put({c: host_variables[c]["audioclip"] for c in host_variables})
-  tower_inputs = {"image": jax.device_put(host_inputs["canvas"]), "audio": jax.device_put(host_inputs["waveform"])}
-  for tower_name in ("image", "audio"):
+  tower_inputs = {"image": jax.device_put(host_inputs["canvas"]), "audio": jax.device_put(host_inputs["waveform"]),
+                  "text": jax.device_put(host_inputs["ids"])}
+  for tower_name in ("image", "audio", "text"):
     for dtype_name, dtype in DTYPES.items():
       name = f"tower_{tower_name}_{dtype_name}"
       fn = tower_functions(model_for(size, dtype))[tower_name]
-      rows[name] = measure(name, fn, (tower_variables, tower_inputs[tower_name]), batch=batch, steps=steps)
+      examples = num_classes if tower_name == "text" else batch  # the text tower encodes the C bank names
+      rows[name] = measure(name, fn, (tower_variables, tower_inputs[tower_name]), batch=examples, steps=steps)
       log(f"  measured {name}")
   del tower_variables
 
@@ -313,6 +319,7 @@ def run_benchmark(size: str = "small", batch: int | None = None, steps: int = 3,
     log(f"  measured {name}")
 
   baselines = {"tower_image_bfloat16": "tower_image_float32", "tower_audio_bfloat16": "tower_audio_float32",
+               "tower_text_bfloat16": "tower_text_float32",
                "step_cached_float32": "step_naive_float32", "step_cached_bfloat16": "step_cached_float32"}
   for name, baseline in baselines.items():
     rows[name].baseline = baseline

@@ -124,6 +124,10 @@ def base_config() -> ml_collections.ConfigDict:
       # scored against the partner's GT, source 1 against the partner's partner's. On in configs/avgn_vggsound_duet.py
       # to reproduce the official numbers; the correct GT otherwise.
       avgn_duet_gt_bug=False,
+      # Official T-VSL validate_multi quirk (spec/metrics.md §2 defect ii, protocol 'official', canvas test sets):
+      # source-2 boxes are shifted by +224 in place in cached arrays, so every validation after the first in a
+      # run (persistent loader workers) scores source 2 against an empty GT. True reproduces those numbers.
+      tvsl_stale_gt=False,
   ))
   return config
 

@@ -544,6 +544,11 @@ def evaluate_split(config, model, variables, mesh, workdir: str, step: int, spli
   scoring = dict(map_range="logits")
   if is_text_model(config):
     gt = tvsl_place_gt(pred, source_idx, gt)
+    if config.eval.get("tvsl_stale_gt", False):
+      if config.eval.protocol != "official" or not pred.get("canvas"):
+        raise ValueError("config.eval.tvsl_stale_gt reproduces the official T-VSL canvas evaluation: it needs "
+                         "protocol='official' and a test set scored on the canvas (vggsound/duet*).")
+      gt[source_idx == 1] = 0.0  # source 2's GT shifted out of the canvas by the official in-place +224
     unmatched = None
     if is_predicted(config):
       raw_items, unmatched, extra = match_predicted(config, pred, example_idx, source_idx, gt, nbox)

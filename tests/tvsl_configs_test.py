@@ -228,6 +228,12 @@ def test_canvas_eval_on_a_partner_frame_test_set(bpe_path, tmp_path):
   assert np.isfinite(result["metrics"]["model"]["auc"]) and result["metrics"]["model"]["binarize"] == "fixed"
   with Image.open(tmp_path / "work" / "eval" / "test_0.png") as png:
     assert png.size[0] == 3 * (2 * 224 + 4)  # canvas frame + one panel per source
+  # The official stale-GT quirk: source 2 against an empty GT (its cIoU and pixel AP drop to 0 / NaN).
+  config.eval.tvsl_stale_gt = True
+  stale = eval_lib.evaluate_split(config, model, state.variables, mesh, str(tmp_path / "stale"), 0, "test",
+                                  localize_fn)
+  assert stale["metrics"]["model"]["n_empty_gt"] == 3 and result["metrics"]["model"]["n_empty_gt"] == 0
+  config.eval.tvsl_stale_gt = False
   # Predicted classes (no labels drive the maps): the model's top-2 classes are matched to the GT sources.
   config.model.class_source = "predicted"
   predicted_model = train.create_model(config)

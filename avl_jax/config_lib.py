@@ -84,6 +84,8 @@ def base_config() -> ml_collections.ConfigDict:
       per_source_frames=True,       # localize each source on its own frame (duet tests store both frames)
       image_norm="imagenet",  # 'imagenet' (AVGN's ResNet-18s) | 'clip' (AudioCLIP towers: T-VSL, avgn_audioclip)
       canvas=False,           # T-VSL training input: [own | partner] frames side by side (needs mix=True)
+      eval_resize="pil",      # eval frame resize: 'pil' (AVGN: PIL bicubic) | 'torch_tensor' (T-VSL: PyTorch
+                              # tensor bicubic without antialias, spec tvsl.md §7)
   ))
 
   # T-VSL's class-text bank (avl_jax/tvsl_lib.py): sorted display names of the dataset's classes, encoded once
@@ -262,6 +264,7 @@ def tvsl_paper_config(setting: str, arg: str | None, *, model: str = "tvsl") -> 
   ds.mix = True
   ds.canvas = args.model != "avgn_audioclip"
   ds.image_norm = "clip"
+  ds.eval_resize = "torch_tensor"
   ds.max_sources = paper["max_sources"]
   ds.sample_rate = 44100
   ds.audio_seconds = 5.0

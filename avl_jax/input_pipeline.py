@@ -32,6 +32,7 @@ from tensorflow_datasets.proto import tf_example_pb2
 
 from avl_jax import datasets  # noqa: F401  (registers the TFDS builders)
 from avl_jax.metrics import gt_maps
+from avl_jax.metrics import postprocess
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
@@ -146,6 +147,28 @@ def normalize_image(image: Image.Image, norm: str = "imagenet") -> np.ndarray:
   return _normalization_table(norm).take(index).reshape(pixels.shape)
 
 
+EVAL_RESIZES = ("pil", "torch_tensor")
+
+
+def eval_image(image: Image.Image, cfg: "DataConfig") -> tuple[np.ndarray, Image.Image]:
+  """The eval frame: (normalised [S, S, 3] float32, the PIL frame at S x S for display and uint8 output).
+
+  eval_resize 'pil' (AVGN's loaders): PIL bicubic resize (antialiased when shrinking), then normalise.
+  'torch_tensor' (T-VSL's test transform, spec tvsl.md §7): the frame as a float tensor in [0, 1], resized by
+  PyTorch's tensor bicubic (A = -0.75, no antialias, values not clamped), then normalised.
+  """
+  size = (cfg.image_size, cfg.image_size)
+  resized = image.resize(size, Image.BICUBIC)
+  if cfg.eval_resize == "pil":
+    return normalize_image(resized, cfg.image_norm), resized
+  if cfg.eval_resize != "torch_tensor":
+    raise ValueError(f"config.dataset.eval_resize={cfg.eval_resize!r}; expected one of {EVAL_RESIZES}.")
+  pixels = np.asarray(image, np.float32).transpose(2, 0, 1) / np.float32(255.0)  # [3, H, W]
+  tensor = postprocess.upsample_bicubic(pixels, size).transpose(1, 2, 0)
+  mean, std = IMAGE_NORMS[cfg.image_norm]
+  return ((tensor - mean) / std).astype(np.float32), resized
+
+
 def denormalize_image(image: np.ndarray, norm: str = "imagenet") -> np.ndarray:
   """Inverse of `normalize_image` on [..., H, W, 3] float32 -> uint8 (exact: the 256 levels stay distinct)."""
   mean, std = IMAGE_NORMS[norm]
@@ -187,6 +210,7 @@ class DataConfig:
   gt_masks: bool = False
   image_norm: str = "imagenet"
   canvas: bool = False
+  eval_resize: str = "pil"
 
   @classmethod
   def from_config(cls, ds: ml_collections.ConfigDict) -> "DataConfig":
@@ -195,7 +219,8 @@ class DataConfig:
                max_sources=ds.max_sources, max_boxes=ds.max_boxes,
                eval_mix_partner_audio=bool(ds.get("eval_mix_partner_audio", True)),
                per_source_frames=bool(ds.get("per_source_frames", True)),
-               image_norm=ds.get("image_norm", "imagenet"), canvas=bool(ds.get("canvas", False)))
+               image_norm=ds.get("image_norm", "imagenet"), canvas=bool(ds.get("canvas", False)),
+               eval_resize=ds.get("eval_resize", "pil"))
 
 
 def _primary_class(record: dict[str, Any], cfg: DataConfig) -> int:
@@ -341,7 +366,7 @@ class EvalDecode(grain.transforms.Map):
     valid = index < self.num_local
     # Padding elements repeat record 0 and carry mask 0: shapes stay static and nothing is counted twice.
     record = self.source[index if valid else 0]
-    image = decode_frame(record).resize((cfg.image_size, cfg.image_size), Image.BICUBIC)
+    normalized, image = eval_image(decode_frame(record), cfg)
     classes = np.asarray(record["source_class"], np.int32)
     boxes = np.asarray(record["boxes"], np.float32).reshape(-1, 4)
     box_source = np.asarray(record["box_source"], np.int32)
@@ -361,7 +386,7 @@ class EvalDecode(grain.transforms.Map):
     raw_id = _example_id(record).encode()[:64]
     example_id[:len(raw_id)] = np.frombuffer(raw_id, np.uint8)
     out = {
-        "image": normalize_image(image, cfg.image_norm),
+        "image": normalized,
         "image_uint8": np.asarray(image, np.uint8),
         "waveform": eval_waveform(record, cfg),
         "source_class": source_class,
@@ -371,7 +396,7 @@ class EvalDecode(grain.transforms.Map):
         "mask": np.float32(valid),
     }
     if self.real:
-      out.update(_real_eval_features(record, image, classes.size, cfg))
+      out.update(_real_eval_features(record, normalized, classes.size, cfg))
     return out
 
 
@@ -387,7 +412,7 @@ def eval_waveform(record: dict[str, Any], cfg: DataConfig) -> np.ndarray:
   return waveform
 
 
-def _real_eval_features(record: dict[str, Any], image: Image.Image, num_sources: int,
+def _real_eval_features(record: dict[str, Any], normalized: np.ndarray, num_sources: int,
                         cfg: DataConfig) -> dict[str, np.ndarray]:
   """source_image, boxes_raw and (mask GT) gt_mask / has_gt_mask of a real-dataset record."""
   out = {}
@@ -403,11 +428,10 @@ def _real_eval_features(record: dict[str, Any], image: Image.Image, num_sources:
   if cfg.per_source_frames:
     # Source 0 is the own frame; source 1 the partner's frame when the example stores one (fixed duet pairs),
     # else the same frame (MUSIC's natural duets: "same frame twice", spec/datasets.md §6). Padding: own frame.
-    frames = [image] * cfg.max_sources
+    frames = [normalized] * cfg.max_sources
     for s, partner_frame in enumerate(record.get("partner_frame", [])[:cfg.max_sources - 1]):
-      frames[s + 1] = Image.fromarray(np.asarray(partner_frame, np.uint8)).convert("RGB").resize(
-          (cfg.image_size, cfg.image_size), Image.BICUBIC)
-    out["source_image"] = np.stack([normalize_image(f, cfg.image_norm) for f in frames])
+      frames[s + 1] = eval_image(Image.fromarray(np.asarray(partner_frame, np.uint8)).convert("RGB"), cfg)[0]
+    out["source_image"] = np.stack(frames)
   if cfg.gt_masks:
     masks = list(record.get("masks", []))
     gt = np.zeros((cfg.max_sources, gt_maps.GT_SIZE, gt_maps.GT_SIZE), np.float32)

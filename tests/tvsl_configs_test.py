@@ -50,6 +50,7 @@ def test_paper_recipe(name):
   assert config.dataset.name.endswith("_44k") and config.dataset.sample_rate == 44100
   assert (config.dataset.audio_seconds, config.dataset.image_size, config.dataset.resize_size) == (5.0, 224, 246)
   assert config.dataset.canvas and config.dataset.mix and config.dataset.image_norm == "clip"
+  assert config.dataset.eval_resize == "torch_tensor"
   assert (config.optimizer.learning_rate, config.optimizer.schedule) == (0.01, "cosine_tvsl")
   assert (config.batch_size, config.num_epochs, config.eval.protocol) == (256, 100, "official")
   model = train.create_model(config)  # Released tower sizes and the official switches by default.
@@ -311,3 +312,23 @@ def test_predicted_classes_and_zero_shot_query_on_synthetic_av(tiny_data_dir, bp
   _, classes = jax.jit(lambda: everything.apply(params, batch["image"], batch["waveform"], bank, new_row,
                                                 return_classes=True, method=everything.localize))()
   assert np.all(np.any(np.asarray(classes["class_rows"]) == 8, axis=1))
+
+
+def test_eval_resize_torch_tensor_is_pytorch_bicubic_without_antialias():
+  """T-VSL's test transform: the [0, 1] tensor resized by PyTorch bicubic (no antialias, not clamped), then the
+  CLIP normalisation; AVGN's 'pil' path is PIL's antialiased bicubic."""
+  from avl_jax.metrics import postprocess  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  frame = Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8))
+  cfg = input_pipeline.DataConfig(num_classes=2, image_size=24, resize_size=24, sample_rate=16000, num_samples=1,
+                                  max_sources=1, max_boxes=1, image_norm="clip", eval_resize="torch_tensor")
+  normalized, shown = input_pipeline.eval_image(frame, cfg)
+  pixels = np.asarray(frame, np.float64).transpose(2, 0, 1) / 255.0
+  expected = postprocess.upsample_bicubic(pixels, (24, 24)).transpose(1, 2, 0)
+  expected = (expected - input_pipeline.CLIP_MEAN) / input_pipeline.CLIP_STD
+  np.testing.assert_allclose(normalized, expected, atol=2e-5)
+  assert shown.size == (24, 24)
+  pil, _ = input_pipeline.eval_image(frame, input_pipeline.DataConfig(**{**cfg.__dict__, "eval_resize": "pil"}))
+  assert np.abs(pil - normalized).max() > 0.05  # antialiasing makes a difference when shrinking 2x
+  with pytest.raises(ValueError, match="eval_resize"):
+    input_pipeline.eval_image(frame, input_pipeline.DataConfig(**{**cfg.__dict__, "eval_resize": "cv2"}))

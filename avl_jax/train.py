@@ -183,6 +183,8 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model, tx, con
   rng = jax.random.fold_in(state.rng, state.step)
   dropout_rng, gumbel_rng = jax.random.split(rng)
   rngs = {"dropout": dropout_rng, "gumbel": gumbel_rng}
+  # uint8 frames from the hosts (dataset.normalize_on_device) are normalised here, on the devices.
+  batch = dict(batch, image=input_pipeline.device_normalize_image(batch["image"], config.dataset.image_norm))
 
   if is_text_model(config):
     # T-VSL: canvas [own | partner], the mixture, the sources' classes as bank rows (conditioning) and as

@@ -13,7 +13,8 @@ def test_train_batches_shapes_and_mixing(tiny_config):
   ds = tiny_config.dataset
   batches = _take(iter(input_pipeline.create_train_dataset(tiny_config, per_host_batch=4, seed=3)), 3)
   b = batches[0]
-  assert b["image"].shape == (4, ds.image_size, ds.image_size, 3) and b["image"].dtype == np.float32
+  # Frames leave the host as uint8 (dataset.normalize_on_device, default) and are normalised in the step.
+  assert b["image"].shape == (4, ds.image_size, ds.image_size, 3) and b["image"].dtype == np.uint8
   assert b["waveform"].shape == (4, int(ds.audio_seconds * ds.sample_rate))
   assert b["visual_class"].shape == (4,) and b["audio_label"].shape == (4, ds.num_classes)
   for batch in batches:
@@ -21,7 +22,31 @@ def test_train_batches_shapes_and_mixing(tiny_config):
     np.testing.assert_array_equal(batch["audio_label"].sum(-1), 2.0)
     assert np.all(batch["audio_label"].max(-1) == 1.0)
     np.testing.assert_array_equal(batch["audio_label"][np.arange(4), batch["visual_class"]], 1.0)
-    assert np.all(np.isfinite(batch["image"]))
+    assert 0 < batch["image"].std()  # real pixels, not a constant
+
+
+@pytest.mark.parametrize("norm", ["imagenet", "clip"])
+def test_device_normalisation_matches_host_normalisation(tiny_config, norm):
+  """uint8 batches normalised in jit == the float32 batches normalised on the host (same augmentation draws)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  tiny_config.dataset.image_norm = norm
+  uint8 = next(iter(input_pipeline.create_train_dataset(tiny_config, 4, seed=5)))
+  tiny_config.dataset.normalize_on_device = False
+  host = next(iter(input_pipeline.create_train_dataset(tiny_config, 4, seed=5)))
+  assert host["image"].dtype == np.float32
+  device = jax.jit(lambda x: input_pipeline.device_normalize_image(x, norm))(uint8["image"])
+  np.testing.assert_allclose(np.asarray(device), host["image"], rtol=0, atol=1e-6)
+  # Every one of the 256 x 3 levels: the jnp formula against the host lookup table.
+  levels = np.broadcast_to(np.arange(256, dtype=np.uint8)[:, None, None], (256, 1, 3))
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  table = input_pipeline.normalize_image(Image.fromarray(np.ascontiguousarray(levels)), norm)
+  np.testing.assert_allclose(np.asarray(input_pipeline.device_normalize_image(jax.numpy.asarray(levels), norm)),
+                             table, rtol=0, atol=1e-6)
+  for k in uint8:
+    if k != "image":
+      np.testing.assert_array_equal(uint8[k], host[k])
+  # Already-normalised float input passes through unchanged.
+  assert input_pipeline.device_normalize_image(host["image"], norm) is host["image"]
 
 
 def test_train_pipeline_is_deterministic_and_seeded(tiny_config):

@@ -121,14 +121,14 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(tiny_config, tmp_path, 
   tiny_config.checkpoint_every_steps = 2
   tiny_config.dataset.eval_splits = ()
   train.train_and_evaluate(tiny_config, workdir)
-  # From the 2nd batch after the restart on (global step 4), the images are NaN.
+  # From the 2nd batch after the restart on (global step 4), the waveforms are NaN.
   calls = []
   host_to_global = sharding.host_to_global
 
   def poisoned(batch, mesh):
     calls.append(1)
     if len(calls) >= 2:
-      batch = dict(batch, image=np.full_like(batch["image"], np.nan))
+      batch = dict(batch, waveform=np.full_like(batch["waveform"], np.nan))
     return host_to_global(batch, mesh)
 
   monkeypatch.setattr(sharding, "host_to_global", poisoned)

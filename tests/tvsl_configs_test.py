@@ -127,11 +127,12 @@ def test_canvas_training_batches(tiny_data_dir, bpe_path):
   assert batch["image"].shape == (4, size, 2 * size, 3)
   assert batch["source_class"].shape == (4, 2)
   assert np.all(batch["source_class"][:, 0] != batch["source_class"][:, 1])  # partner of another class
-  # CLIP-normalised halves: both decode back to valid pixels, and the halves are different pictures.
-  pixels = input_pipeline.denormalize_image(batch["image"], "clip")
-  np.testing.assert_allclose(input_pipeline.normalize_image(Image.fromarray(pixels[0]), "clip"), batch["image"][0],
+  # uint8 halves (CLIP-normalised in the step), two different pictures.
+  assert batch["image"].dtype == np.uint8
+  normalized = np.asarray(input_pipeline.device_normalize_image(batch["image"], "clip"))
+  np.testing.assert_allclose(normalized[0], input_pipeline.normalize_image(Image.fromarray(batch["image"][0]), "clip"),
                              atol=1e-6)
-  assert not np.allclose(batch["image"][:, :, :size], batch["image"][:, :, size:])
+  assert not np.array_equal(batch["image"][:, :, :size], batch["image"][:, :, size:])
   # The same seed gives the same batch (resumable); without mixing the canvas is refused.
   again = next(iter(input_pipeline.create_train_dataset(config, 4, seed=0)))
   np.testing.assert_array_equal(again["image"], batch["image"])

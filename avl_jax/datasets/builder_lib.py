@@ -62,6 +62,19 @@ class _UncompressedArrayRecordWriter(tfds.core.writer.ExampleWriter):
     return None
 
 
+TVSL_SUFFIX = "_44k"
+TVSL_SAMPLE_RATE = 44100
+
+
+def at_tvsl_rate(config: "RawConfig") -> "RawConfig":
+  """`config` with its audio stored at T-VSL's 44.1 kHz, named `<name>_44k`; everything else the same."""
+  rate = f"{config.sample_rate // 1000} kHz"
+  if rate not in config.description:
+    raise ValueError(f"The description of config {config.name!r} should state its rate ({rate}).")
+  return dataclasses.replace(config, name=config.name + TVSL_SUFFIX, sample_rate=TVSL_SAMPLE_RATE,
+                             description=config.description.replace(rate, "44.1 kHz (T-VSL)"))
+
+
 class MostlyMissingError(ValueError):
   """More than `max_missing_fraction` of a split could not be built."""
 
@@ -99,6 +112,11 @@ class RawConfig(tfds.core.BuilderConfig):
   max_missing_fraction: float = 0.5
   num_workers: int = 0
   splits: tuple[str, ...] = ("train", "test")
+
+  @property
+  def variant(self) -> str:
+    """The dataset variant: the config name without the `_44k` of the T-VSL-rate configs ('duet_44k' -> 'duet')."""
+    return self.name.removesuffix(TVSL_SUFFIX)
 
   def decode_options(self) -> raw.DecodeOptions:
     return raw.DecodeOptions(

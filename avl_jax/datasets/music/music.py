@@ -25,12 +25,8 @@ SOLO = builder_lib.RawConfig(
 DUET = builder_lib.RawConfig(
     name="duet", description="MUSIC-Duet: 8 instruments, 2 sources per frame (natural duets), 16 kHz, 5 s window.",
     num_classes=8, gt_format="music_duet", sample_rate=16000, audio_seconds=5.0)
-SOLO_44K = builder_lib.RawConfig(
-    name="solo_44k", description="MUSIC-Solo at 44.1 kHz (T-VSL), 5 s centre audio window.",
-    num_classes=11, gt_format="music_solo", sample_rate=44100, audio_seconds=5.0)
-DUET_44K = builder_lib.RawConfig(
-    name="duet_44k", description="MUSIC-Duet at 44.1 kHz (T-VSL), 5 s centre audio window.",
-    num_classes=8, gt_format="music_duet", sample_rate=44100, audio_seconds=5.0)
+SOLO_44K = builder_lib.at_tvsl_rate(SOLO)
+DUET_44K = builder_lib.at_tvsl_rate(DUET)
 
 _DESCRIPTION = """\
 MUSIC (Sound-of-Pixels) frames with the official AVGN splits: MUSIC-Solo (11 classes) and MUSIC-Duet (8 classes,
@@ -78,10 +74,10 @@ class Music(builder_lib.RawAvBuilder):
   HOMEPAGE = "https://github.com/roudimit/MUSIC_dataset"
 
   def _class_names(self) -> list[str]:
-    return list(bundled_classes(self.builder_config.name.removesuffix("_44k")))
+    return list(bundled_classes(self.builder_config.variant))
 
   def _split_items(self, split: str, manual_dir: str) -> builder_lib.SplitItems:
-    variant = self.builder_config.name.removesuffix("_44k")
+    variant = self.builder_config.variant
     if split == "train":
       return self._train_items(variant, manual_dir)
     if split == "test":

@@ -28,12 +28,8 @@ MULTI = builder_lib.RawConfig(
     name="multi", description="VGGSound-Instruments multi: test samples paired with fixed partners (both frames, "
     "audio and masks stored), 16 kHz, whole clips.",
     num_classes=37, gt_format="vgginstruments_multi", sample_rate=16000, audio_seconds=0.0)
-SINGLE_44K = builder_lib.RawConfig(
-    name="single_44k", description="VGGSound-Instruments at 44.1 kHz (T-VSL), whole clips.",
-    num_classes=37, gt_format="vgginstruments", sample_rate=44100, audio_seconds=0.0)
-MULTI_44K = builder_lib.RawConfig(
-    name="multi_44k", description="VGGSound-Instruments multi at 44.1 kHz (T-VSL), whole clips.",
-    num_classes=37, gt_format="vgginstruments_multi", sample_rate=44100, audio_seconds=0.0)
+SINGLE_44K = builder_lib.at_tvsl_rate(SINGLE)
+MULTI_44K = builder_lib.at_tvsl_rate(MULTI)
 
 _DESCRIPTION = """\
 VGGSound-Instruments (Mix-and-Localize): 37 instrument classes of VGGSound. Train: AVGN's list of 33,934
@@ -76,7 +72,7 @@ class Vgginstruments(builder_lib.RawAvBuilder):
     return list(bundled_classes())
 
   def _split_items(self, split: str, manual_dir: str) -> builder_lib.SplitItems:
-    variant = self.builder_config.name.removesuffix("_44k")
+    variant = self.builder_config.variant
     if split not in ("train", "test"):
       raise ValueError(f"vgginstruments has splits 'train' and 'test', not {split!r}")
     source = metadata.require(FILES[variant][split], manual_dir)

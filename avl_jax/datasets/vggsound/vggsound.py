@@ -26,12 +26,8 @@ DUET = builder_lib.RawConfig(
     name="duet", description="VGGSound-Duet: as single, test clips paired with the fixed partners of "
     "vggsound_duet_test.csv (both frames, audio and boxes stored), 16 kHz, whole clips.",
     num_classes=221, gt_format="vggsound_duet", sample_rate=16000, audio_seconds=0.0)
-SINGLE_44K = builder_lib.RawConfig(
-    name="single_44k", description="VGGSound-Single at 44.1 kHz (T-VSL), whole clips.",
-    num_classes=221, gt_format="vggsound_single", sample_rate=44100, audio_seconds=0.0)
-DUET_44K = builder_lib.RawConfig(
-    name="duet_44k", description="VGGSound-Duet at 44.1 kHz (the T-VSL recipe), whole clips.",
-    num_classes=221, gt_format="vggsound_duet", sample_rate=44100, audio_seconds=0.0)
+SINGLE_44K = builder_lib.at_tvsl_rate(SINGLE)
+DUET_44K = builder_lib.at_tvsl_rate(DUET)
 
 _DESCRIPTION = """\
 VGGSound clips (10 s, 221 VGG-SS classes) for multi-source sound localization. Train: the user's VGGSound train
@@ -103,7 +99,7 @@ class Vggsound(builder_lib.RawAvBuilder):
 
   def _test_items(self, manual_dir: str) -> builder_lib.SplitItems:
     """Single: `id,class` rows; duet: `id,class,partner_id,partner_class`; boxes of both from vggss.json."""
-    duet = self.builder_config.name.startswith("duet")
+    duet = self.builder_config.variant == "duet"
     ids_file = metadata.require(TEST_FILES["duet" if duet else "single"], manual_dir)
     boxes_file = metadata.require(BOXES_FILE, manual_dir)
     boxes_by_id = {entry["file"]: entry.get("bbox") for entry in metadata.read_json(boxes_file.path)}

@@ -229,6 +229,63 @@ class TVSLBase(nn.Module):
         self.adapter('aud_img_proj', tvsl_layers.masked_mean(audio_mask, adapted['audio_tokens'])))
     return self.class_maps(adapted['image_tokens'], image_mask, query, grid_hw)
 
+  # ------------------------------------------------------------------------------------------- entry points
+  # Subclasses define `heads(image_tokens, audio_tokens, text_bank, class_rows, labels, *, grid_hw, with_maps)`
+  # and `localize_from_tokens(image_tokens, audio_tokens, text_bank, class_rows, *, grid_hw, return_classes)`.
+
+  def __call__(self, canvas: jax.Array, waveform: jax.Array, text_bank: jax.Array, class_rows: jax.Array,
+               labels: jax.Array | None = None, *, train: bool,
+               with_maps: bool | None = None) -> tuple[dict, dict]:
+    """The forward pass with the model's losses (computed in eval mode too).
+
+    Args:
+      canvas: [B, H, W, 3].
+      waveform: [B, S] or [B, 1, S].
+      text_bank: [C, D].
+      class_rows: [B, K] int ground-truth classes (bank rows; -1 = padding).
+      labels: [B, K] int dataset label indices (TVSL: see `label_order`; ignored by the single stage), or None.
+      train: training step (tower BatchNorm per `bn_mode`; `batch_stats` must then be mutable).
+      with_maps: compute the eval-branch maps of the given classes (default: when not training).
+
+    Returns:
+      (losses, outputs) of `heads`, outputs also with 'image_tokens_raw' [B, L, D], 'audio_tokens_raw'
+      [B, J, D] and 'audio_embedding' [B, D] from the towers.
+    """
+    tokens = self.encode_tokens(canvas, waveform, train=train)
+    losses, outputs = self.heads(
+        tokens['image_tokens'], tokens['audio_tokens'], text_bank, class_rows, labels,
+        grid_hw=self.grid_hw(canvas), with_maps=not train if with_maps is None else with_maps)
+    outputs.update(image_tokens_raw=tokens['image_tokens'], audio_tokens_raw=tokens['audio_tokens'],
+                   audio_embedding=tokens['audio_embedding'])
+    return losses, outputs
+
+  def localize(self, canvas: jax.Array, waveform: jax.Array, text_bank: jax.Array,
+               class_rows: jax.Array | None = None, *, train: bool = False,
+               return_classes: bool = False):
+    """Raw localization maps, one per source class (the official `forward` in eval mode).
+
+    class_source='oracle' maps the given class_rows; 'predicted' maps the model's top-K classes (TVSL: stage
+    1's detector; single stage: the channel scores; K = top_k, else class_rows.shape[1]; with score_threshold
+    fewer may be valid), so no labels are needed and any bank row, including rows appended for classes never
+    trained on, can come out or be queried.
+
+    Args:
+      canvas: [B, H, W, 3].
+      waveform: [B, S] or [B, 1, S].
+      text_bank: [C, D].
+      class_rows: [B, K] int bank rows (oracle: required; predicted: only its K is used, if top_k is None).
+      train: tower BatchNorm mode (keep False).
+      return_classes: also return the classes behind the maps.
+
+    Returns:
+      maps [B, K, h, w] (each L2-normalised over the tokens; post-process with `postprocess`); with
+      return_classes (maps, {'class_rows' [B, K], 'scores' [B, K] the selection scores of those classes,
+      'valid' [B, K] bool}).
+    """
+    tokens = self.encode_tokens(canvas, waveform, train=train)
+    return self.localize_from_tokens(tokens['image_tokens'], tokens['audio_tokens'], text_bank, class_rows,
+                                     grid_hw=self.grid_hw(canvas), return_classes=return_classes)
+
   # ------------------------------------------------------------------------------------------- helpers
 
   @staticmethod

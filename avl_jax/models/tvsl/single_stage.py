@@ -57,27 +57,6 @@ class TVSLSingleStage(base.TVSLBase):
     losses = {'loss': losses['loss_img'] + losses['loss_aud'] + losses['loss_cnt'], **losses}
     return losses, outputs
 
-  def __call__(self, canvas: jax.Array, waveform: jax.Array, text_bank: jax.Array, class_rows: jax.Array,
-               labels: jax.Array | None = None, *, train: bool,
-               with_maps: bool | None = None) -> tuple[dict, dict]:
-    """Forward pass and losses; `labels` is accepted for a uniform interface and ignored (spec §11.3).
-
-    Args:
-      canvas: [B, H, W, 3].
-      waveform: [B, S] or [B, 1, S].
-      text_bank: [C, D].
-      class_rows: [B, K] classes in the mixture (bank rows, -1 = padding).
-      labels: ignored.
-      train: training step (tower BatchNorm per `bn_mode`).
-      with_maps: compute maps of the given classes (default: when not training).
-
-    Returns:
-      (losses, outputs) of `heads`.
-    """
-    tokens = self.encode_tokens(canvas, waveform, train=train)
-    return self.heads(tokens['image_tokens'], tokens['audio_tokens'], text_bank, class_rows, labels,
-                      grid_hw=self.grid_hw(canvas), with_maps=not train if with_maps is None else with_maps)
-
   def channel_scores(self, adapted: dict[str, jax.Array], text_bank: jax.Array) -> jax.Array:
     """rho [B, C] = <n(G_acp(r_{b,n})), t_n> for every bank class, r = (1/J) M_a^T A (spec §11.4)."""
     audio_mask = tvsl_layers.normalize_eps(
@@ -86,21 +65,11 @@ class TVSLSingleStage(base.TVSLBase):
     aud_cls_feat = tvsl_layers.normalize(self.adapter('aud_cls_proj', audio_mean))
     return jnp.einsum('bcd,cd->bc', aud_cls_feat, text_bank)
 
-  def localize(self, canvas: jax.Array, waveform: jax.Array, text_bank: jax.Array,
-               class_rows: jax.Array | None = None, *, train: bool = False, return_classes: bool = False):
-    """Raw maps of the requested (oracle) or top-K channel-score (predicted) classes.
-
-    Args and returns as `TVSL.localize`; 'scores' are the channel scores rho of the mapped classes (with
-    score_threshold, slots with rho below it are invalid, the best one always valid).
-    """
-    tokens = self.encode_tokens(canvas, waveform, train=train)
-    return self.localize_from_tokens(tokens['image_tokens'], tokens['audio_tokens'], text_bank, class_rows,
-                                     grid_hw=self.grid_hw(canvas), return_classes=return_classes)
-
   def localize_from_tokens(self, image_tokens: jax.Array, audio_tokens: jax.Array, text_bank: jax.Array,
                            class_rows: jax.Array | None = None, *, grid_hw: tuple[int, int],
                            return_classes: bool = False):
-    """`localize` after the towers (see `TVSL.localize_from_tokens`)."""
+    """`localize` after the towers (see `TVSL.localize_from_tokens`). 'scores' are the channel scores rho of
+    the mapped classes (with score_threshold, slots with rho below it are invalid, the best one always valid)."""
     text_bank = jnp.asarray(text_bank, jnp.float32)
     adapted = self.adapt_tokens(image_tokens, audio_tokens)
     if self.class_source == 'predicted':

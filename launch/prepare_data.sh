@@ -3,7 +3,8 @@
 #
 #   bash launch/prepare_data.sh [options] <dataset> <config> <manual_dir> [<data_dir>]
 #
-#   <dataset>/<config>: music/{solo,duet}, vggsound/{single,duet,duet_44k}, vgginstruments/{single,multi}
+#   <dataset>/<config>: music/{solo,duet}, vggsound/{single,duet}, vgginstruments/{single,multi}: 16 kHz audio
+#                       (AVGN); the same with _44k (music/solo_44k, ...): 44.1 kHz audio (T-VSL)
 #   <manual_dir>:       the raw files, in either official layout (per clip):
 #                         frames/<id>.jpg + audio/<id>.wav   (MUSIC: audio/<ytid>.wav, one per video)
 #                         <id>.mp4                           (decoded with PyAV: middle frame + audio track)
@@ -31,7 +32,7 @@
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
-usage() { sed -n '2,30p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit "${1:-2}"; }
+usage() { sed -n '2,31p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit "${1:-2}"; }
 
 BEAM="" BEAM_OPTIONS="" DEMO=0 SETS=()
 POSITIONAL=()

@@ -10,6 +10,7 @@ import importlib.util
 import os
 import pathlib
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -76,3 +77,39 @@ def test_beam_matches_local_in_the_beam_venv():
   tail = (result.stdout + result.stderr)[-3000:]
   assert result.returncode == 0, tail
   assert f"{len(CASES)} passed" in result.stdout, tail
+
+
+def test_prepare_data_script_beam_and_local_paths_agree(tmp_path):
+  """`launch/prepare_data.sh --beam` (DirectRunner, in the Beam virtualenv) and the local path give the same
+  dataset from the same raw tree (a 44.1 kHz config with fixed test partners)."""
+  if importlib.util.find_spec("apache_beam") is not None:
+    beam_python = sys.executable
+  else:
+    beam_python = _beam_python()
+    if beam_python is None:
+      pytest.skip("no apache-beam here and no Beam virtualenv at .venv-beam: create it with "
+                  "`bash launch/prepare_data.sh --beam --demo vggsound duet /tmp/raw_demo`, then rerun.")
+
+  def prepare(python: str, data_dir: str, *beam: str) -> str:
+    env = dict(os.environ, AVL_SKIP_INSTALL="1", PATH=f"{pathlib.Path(python).parent}:{os.environ['PATH']}")
+    env.pop("PYTEST_XDIST_WORKER", None)
+    result = subprocess.run(
+        ["bash", str(REPO / "launch" / "prepare_data.sh"), *beam, "--demo", "--set", "num_workers=1",
+         "vgginstruments", "multi_44k", str(tmp_path / "raw"), data_dir],
+        capture_output=True, text=True, env=env, timeout=400, check=False)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    assert "vgginstruments/multi_44k ready in" in result.stdout
+    return result.stdout
+
+  prepare(sys.executable, str(tmp_path / "local"))
+  assert "--beam_runner=DirectRunner" in prepare(beam_python, str(tmp_path / "beam"), "--beam")
+  name = "vgginstruments/multi_44k"
+  for split in ("train", "test"):
+    local = fake_raw.read_split(name, str(tmp_path / "local"), split)
+    beam = fake_raw.read_split(name, str(tmp_path / "beam"), split)
+    assert local and [r["id"] for r in beam] == [r["id"] for r in local]
+    assert all(_same_records(a, b) for a, b in zip(local, beam))
+    assert all(int(r["sample_rate"]) == 44100 for r in local)
+    reports = [builder_lib.read_report(str(tmp_path / d / name / "1.0.0" / f"skipped_{split}.csv"))
+               for d in ("local", "beam")]
+    assert reports[0] == reports[1]

@@ -16,19 +16,18 @@ Files are written to a temporary name and renamed, so a killed evaluation never 
 """
 import collections.abc
 import csv
-import itertools
 import json
 import os
 from typing import Any
 
 from absl import logging
 import jax
-from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 
 from avl_jax import audio
 from avl_jax import models
+from avl_jax import tvsl_eval
 from avl_jax import tvsl_lib
 from avl_jax import input_pipeline
 from avl_jax import sharding
@@ -37,7 +36,6 @@ from avl_jax.metrics import gt_maps
 from avl_jax.metrics import localization
 from avl_jax.metrics import postprocess
 from avl_jax.metrics import predictions
-from avl_jax.models.tvsl import postprocess as tvsl_postprocess
 
 GT_SIZE = 224  # The official evaluation rasterises and scores on 224 x 224.
 METHODS = ("model", "center_prior", "random")
@@ -226,8 +224,8 @@ def avgn_duet_gt_bug(pred: dict[str, Any]) -> tuple[dict[str, Any], int]:
   no such GT (the partner's partner is not an example of the split, e.g. skipped at preparation: empty GT).
   The partners are looked up over every host's examples.
   """
-  ids = input_pipeline.decode_ids(_gather(pred["id"]))
-  all_raw, all_boxes, all_source = (_gather(pred[k]) for k in ("boxes_raw", "boxes", "box_source"))
+  ids = input_pipeline.decode_ids(sharding.gather_rows(pred["id"]))
+  all_raw, all_boxes, all_source = (sharding.gather_rows(pred[k]) for k in ("boxes_raw", "boxes", "box_source"))
   row_of = {example_id: r for r, example_id in enumerate(ids)}
   partners = input_pipeline.decode_ids(pred["partner_id"])
   boxes_raw, boxes = np.full_like(pred["boxes_raw"], -1.0), np.full_like(pred["boxes"], -1.0)
@@ -267,26 +265,6 @@ def source_items(pred: dict[str, Any], protocol: str = "official"
   return example_idx, source_idx, gt, np.asarray(nbox, np.int64)
 
 
-def _gather(x: np.ndarray) -> np.ndarray:
-  """Concatenates per-host arrays [n_p, ...] over processes in process order (identity on one host).
-
-  Hosts may hold different numbers of rows (the last shard is shorter, examples have different numbers of
-  sources): rows are padded to the longest host, gathered, and the padding is dropped. Values travel as raw
-  bytes, so float64 and int64 survive JAX's default 32-bit mode exactly.
-  """
-  if jax.process_count() == 1:
-    return x
-  x = np.ascontiguousarray(x)
-  row_shape = x.shape[1:]
-  as_bytes = x.reshape(len(x), int(np.prod(row_shape, dtype=np.int64))).view(np.uint8)
-  counts = np.asarray(multihost_utils.process_allgather(np.asarray([len(x)], np.int32), tiled=True)).reshape(-1)
-  padded = np.zeros((int(counts.max()), as_bytes.shape[1]), np.uint8)
-  padded[:len(x)] = as_bytes
-  stacked = np.asarray(multihost_utils.process_allgather(padded, tiled=False))  # [P, max n, bytes]
-  rows = np.concatenate([stacked[p, :c] for p, c in enumerate(counts)])
-  return np.ascontiguousarray(rows).view(x.dtype).reshape(len(rows), *row_shape)
-
-
 def score_items(raw_maps: np.ndarray, gt: np.ndarray, nbox: np.ndarray, *, protocol: str, tau: float,
                 map_range: str = "logits", baselines: bool = True, seed: int = 0,
                 multihost: bool = True, binarize: str = "median",
@@ -316,7 +294,7 @@ def score_items(raw_maps: np.ndarray, gt: np.ndarray, nbox: np.ndarray, *, proto
     per_item, _ = localization.score_maps(maps, gt, nbox, protocol=protocol, tau=tau, map_range=map_range,
                                           binarize=binarize, fixed_threshold=fixed_threshold)
     if multihost:
-      per_item = {k: _gather(np.asarray(v)) for k, v in per_item.items()}
+      per_item = {k: sharding.gather_rows(np.asarray(v)) for k, v in per_item.items()}
     summaries[method] = localization.summarize(per_item, protocol=protocol, binarize=binarize)
     per_items[method] = per_item
   return summaries, per_items
@@ -401,107 +379,6 @@ def write_heatmaps(path: str, frames: np.ndarray, raw_maps: np.ndarray, boxes: n
                                                          tmp, class_names=class_names, size=GT_SIZE))
 
 
-def tvsl_items(config, pred: dict[str, Any], source_idx: np.ndarray, gt: np.ndarray,
-               raw_items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-  """T-VSL scoring inputs (spec/metrics.md §1.2): GT maps on the canvas and the post-processed score maps.
-
-  Returns:
-    (gt [M, 224, W], scores [M, 224, W] in [0, 1]), W = 448 on a canvas, else 224 (`tvsl_place_gt`,
-    `tvsl_scores`).
-  """
-  gt = tvsl_place_gt(pred, source_idx, gt)
-  return gt, tvsl_scores(config, raw_items, tuple(gt.shape[-2:]))
-
-
-def tvsl_scores(config, raw_maps: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
-  """[..., h, w] raw maps -> [..., H, W] scores: PyTorch bicubic to out_hw, per-map min-max, inverted when
-  config.model.invert_map (official)."""
-  post = tvsl_postprocess.postprocess_maps(raw_maps, invert=bool(config.model.get("invert_map", True)),
-                                           out_hw=out_hw, threshold=config.eval.tvsl_threshold)
-  return post["score"]
-
-
-def tvsl_place_gt(pred: dict[str, Any], source_idx: np.ndarray, gt: np.ndarray) -> np.ndarray:
-  """On a canvas (pred['canvas']) source s's GT goes on its own half of a zero [224, 448] map, so predicted
-  pixels on the other frame count as false positives; otherwise the GT stays [224, 224]."""
-  if pred.get("canvas"):
-    num_halves = 2
-    placed = np.zeros(gt.shape[:-1] + (num_halves * gt.shape[-1],), gt.dtype)
-    for half in range(num_halves):
-      rows = source_idx == half
-      placed[rows, :, half * GT_SIZE:(half + 1) * GT_SIZE] = gt[rows]
-    if np.any(source_idx >= num_halves):
-      raise ValueError("A canvas holds two sources; this split has more.")
-    gt = placed
-  return gt
-
-
-def match_predicted(config, pred: dict[str, Any], example_idx: np.ndarray, source_idx: np.ndarray,
-                    gt: np.ndarray, nbox: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
-  """class_source='predicted': assigns the model's K maps (of its own top-K classes) to the GT sources.
-
-  Per example, the assignment of distinct valid predicted maps to its GT sources that maximises the mean pixel
-  AP (spec/metrics.md: permutation-invariant matching; a source gets no map when there are fewer valid maps,
-  and then scores as an all-zero map would, i.e. its constant map). Also reports how often the GT class is
-  among the valid predicted classes.
-
-  Returns:
-    (raw maps [M, h, w] matched to the items, unmatched [M] bool (no valid map left for the item),
-    {'class_recall': fraction of GT sources whose class is among the valid predictions,
-    'num_predicted_mean': valid predicted classes per example}).
-  """
-  num_pred = pred["maps"].shape[1]
-  item_scores = tvsl_scores(config, pred["maps"][example_idx], tuple(gt.shape[-2:]))  # [M, K, H, W]
-  pairs_gt = np.repeat(gt, num_pred, axis=0)
-  per_pair, _ = localization.score_maps(item_scores.reshape((-1,) + gt.shape[-2:]), pairs_gt,
-                                        np.repeat(nbox, num_pred), map_range="unit", binarize="fixed",
-                                        fixed_threshold=config.eval.tvsl_threshold)
-  ap = np.nan_to_num(per_pair["pixel_ap"].reshape(len(example_idx), num_pred), nan=0.0)
-  valid = pred["pred_valid"][example_idx]
-  ap = np.where(valid, ap, -1.0)
-  chosen = np.full(len(example_idx), -1, np.int64)
-  for i in np.unique(example_idx):
-    items = np.flatnonzero(example_idx == i)
-    best, best_value = None, -np.inf
-    for perm in itertools.permutations(range(num_pred), min(len(items), num_pred)):
-      value = sum(ap[m, k] for m, k in zip(items, perm))
-      if value > best_value:
-        best, best_value = perm, value
-    for m, k in zip(items, best):
-      chosen[m] = k if valid[m, k] else -1
-  maps = pred["maps"][example_idx, np.maximum(chosen, 0)]
-  maps = maps.astype(np.float32)
-  gt_rows = pred["gt_rows"][example_idx, source_idx] if "gt_rows" in pred else None
-  recall = float("nan")
-  if gt_rows is not None:
-    hits = np.any((pred["pred_rows"][example_idx] == gt_rows[:, None]) & valid, axis=1)
-    recall = float(_gather(hits.astype(np.float64)).mean()) if len(hits) else float("nan")
-  count = _gather(pred["pred_valid"].sum(axis=1).astype(np.float64))
-  return maps, chosen < 0, {"class_recall": recall,
-                            "num_predicted_mean": float(count.mean()) if len(count) else float("nan")}
-
-
-def write_tvsl_heatmaps(path: str, config, pred: dict[str, Any], n: int) -> None:
-  """PNG grid of T-VSL maps: the (canvas) frame, then per source the score map, its GT and the binarised region."""
-  if n == 0:
-    return
-  maps = pred["maps"][:n]
-  source_class = pred["source_class"][:n]
-  frames = pred["image_uint8"][:n]
-  size = (GT_SIZE, GT_SIZE * frames.shape[2] // frames.shape[1])  # 224 x 224, or 224 x 448 for a canvas
-  valid = (source_class >= 0)[..., None, None]
-  post = tvsl_postprocess.postprocess_maps(np.where(valid, maps, 0), invert=bool(config.model.get("invert_map", True)),
-                                           out_hw=size, threshold=config.eval.tvsl_threshold)
-  heat = np.nan_to_num(post["score"])
-  boxes = pred["boxes"][:n].copy()
-  box_source = pred["box_source"][:n]
-  if pred.get("canvas"):  # Source s's boxes lie on its half of the canvas.
-    shift = np.maximum(box_source, 0)[..., None].astype(np.float32)
-    boxes[..., 0::2] = np.where(box_source[..., None] >= 0, (boxes[..., 0::2] + shift) / 2, boxes[..., 0::2])
-  _atomic_write(path, lambda tmp: visualize.heatmap_grid(frames, heat, post["infer"], boxes, box_source,
-                                                         source_class, tmp, size=size))
-
-
 def prediction_arrays(pred: dict[str, np.ndarray], tau: float, step: int | None = None) -> dict[str, Any]:
   """`predict_split`'s arrays (all hosts) -> the predictions-file schema (maps stay raw logits, boxes per source).
 
@@ -538,41 +415,30 @@ def evaluate_split(config, model, variables, mesh, workdir: str, step: int, spli
                        f"a vggsound/duet dataset and protocol='official' (got gt_format={pred.get('gt_format')!r}, "
                        f"protocol={config.eval.protocol!r}).")
     pred, extra["avgn_duet_gt_bug_missing"] = avgn_duet_gt_bug(pred)
-    extra["avgn_duet_gt_bug_missing"] = int(_gather(np.asarray([extra["avgn_duet_gt_bug_missing"]])).sum())
+    extra["avgn_duet_gt_bug_missing"] = int(sharding.gather_rows(np.asarray([extra["avgn_duet_gt_bug_missing"]])).sum())
   example_idx, source_idx, gt, nbox = source_items(pred, config.eval.protocol)
-  raw_items = pred["maps"][example_idx, source_idx]
-  scoring = dict(map_range="logits")
   if is_text_model(config):
-    gt = tvsl_place_gt(pred, source_idx, gt)
-    if config.eval.get("tvsl_stale_gt", False):
-      if config.eval.protocol != "official" or not pred.get("canvas"):
-        raise ValueError("config.eval.tvsl_stale_gt reproduces the official T-VSL canvas evaluation: it needs "
-                         "protocol='official' and a test set scored on the canvas (vggsound/duet*).")
-      gt[source_idx == 1] = 0.0  # source 2's GT shifted out of the canvas by the official in-place +224
-    unmatched = None
-    if is_predicted(config):
-      raw_items, unmatched, extra = match_predicted(config, pred, example_idx, source_idx, gt, nbox)
-    raw_items = tvsl_scores(config, raw_items, tuple(gt.shape[-2:]))
-    if unmatched is not None:  # a GT source without a predicted map: an all-zero score map (nothing found)
-      raw_items[unmatched] = 0.0
-    scoring = dict(map_range="unit", binarize="fixed", fixed_threshold=config.eval.tvsl_threshold)
+    raw_items, gt, scoring, predicted = tvsl_eval.score_inputs(config, pred, example_idx, source_idx, gt, nbox)
+    extra.update(predicted)
+  else:
+    raw_items, scoring = pred["maps"][example_idx, source_idx], dict(map_range="logits")
   summaries, per_items = score_items(raw_items, gt, nbox, protocol=config.eval.protocol, tau=tau,
                                      baselines=config.eval.baselines, seed=config.seed, **scoring)
-  item_ids = input_pipeline.decode_ids(_gather(pred["id"][example_idx]))
-  item_source = _gather(source_idx.astype(np.int64))
-  item_class = _gather(pred["source_class"][example_idx, source_idx].astype(np.int64))
+  item_ids = input_pipeline.decode_ids(sharding.gather_rows(pred["id"][example_idx]))
+  item_source = sharding.gather_rows(source_idx.astype(np.int64))
+  item_class = sharding.gather_rows(pred["source_class"][example_idx, source_idx].astype(np.int64))
   result = {
       "split": split, "step": int(step), "dataset": config.dataset.name, "model": config.model_name,
       "protocol": config.eval.protocol, "tau": float(tau),
       "map_range": ("logits" if not is_text_model(config) else
                     "tvsl_inverted_minmax" if config.model.get("invert_map", True) else "tvsl_minmax"),
       "canvas": bool(pred.get("canvas", False)),
-      "num_examples": int(_gather(np.asarray([len(pred["source_class"])])).sum()),
+      "num_examples": int(sharding.gather_rows(np.asarray([len(pred["source_class"])])).sum()),
       "num_items": len(item_source), "metrics": summaries, **extra,
   }
   export = None
   if save_predictions:  # every host takes part in the gathers; process 0 writes
-    export = {k: _gather(pred[k]) for k in ("maps", "boxes", "box_source", "source_class", "id")}
+    export = {k: sharding.gather_rows(pred[k]) for k in ("maps", "boxes", "box_source", "source_class", "id")}
   if jax.process_index() == 0:
     out_dir = os.path.join(workdir, "eval")
     stem = os.path.join(out_dir, f"{split}_{step}")
@@ -580,7 +446,8 @@ def evaluate_split(config, model, variables, mesh, workdir: str, step: int, spli
     write_csv(f"{stem}.csv", item_table(item_ids, item_source, item_class, per_items))
     n = min(len(pred["image_uint8"]), config.eval.num_visualize)
     if is_text_model(config):
-      write_tvsl_heatmaps(f"{stem}.png", config, pred, n)
+      if n:
+        _atomic_write(f"{stem}.png", lambda tmp: tvsl_eval.heatmap_grid(tmp, config, pred, n))
     else:
       write_heatmaps(f"{stem}.png", pred["image_uint8"][:n], pred["maps"][:n], pred["boxes"][:n],
                      pred["box_source"][:n], pred["source_class"][:n], tau)

@@ -10,6 +10,7 @@ from typing import Any
 import jax
 import numpy as np
 from jax.experimental import mesh_utils
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 DATA_AXIS = "data"
@@ -64,3 +65,23 @@ def host_to_global(batch: dict[str, Any], mesh: Mesh) -> dict[str, jax.Array]:
   """This host's numpy batch -> global jax.Arrays sharded over 'data'."""
   sharding = data_sharding(mesh)
   return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), batch)
+
+
+def gather_rows(x: np.ndarray) -> np.ndarray:
+  """Concatenates per-host arrays [n_p, ...] over processes in process order (identity on one host).
+
+  Hosts may hold different numbers of rows (the last shard is shorter, examples have different numbers of
+  sources): rows are padded to the longest host, gathered, and the padding is dropped. Values travel as raw
+  bytes, so float64 and int64 survive JAX's default 32-bit mode exactly.
+  """
+  if jax.process_count() == 1:
+    return x
+  x = np.ascontiguousarray(x)
+  row_shape = x.shape[1:]
+  as_bytes = x.reshape(len(x), int(np.prod(row_shape, dtype=np.int64))).view(np.uint8)
+  counts = np.asarray(multihost_utils.process_allgather(np.asarray([len(x)], np.int32), tiled=True)).reshape(-1)
+  padded = np.zeros((int(counts.max()), as_bytes.shape[1]), np.uint8)
+  padded[:len(x)] = as_bytes
+  stacked = np.asarray(multihost_utils.process_allgather(padded, tiled=False))  # [P, max n, bytes]
+  rows = np.concatenate([stacked[p, :c] for p, c in enumerate(counts)])
+  return np.ascontiguousarray(rows).view(x.dtype).reshape(len(rows), *row_shape)

@@ -219,7 +219,7 @@ def test_gather_counts_every_item_once_over_unequal_hosts(monkeypatch):
   for local in (np.array([1 + 1e-12, 2.0, -3.5]), np.arange(3 * 64, dtype=np.uint8).reshape(3, 64),
                 np.array([False, True, False])):
     expected_dtype.append(local.dtype)
-    got = eval_lib._gather(local)  # pylint: disable=protected-access
+    got = sharding.gather_rows(local)
     want = np.concatenate([local, other_host[local.dtype]])
     assert got.dtype == local.dtype
     np.testing.assert_array_equal(got, want)

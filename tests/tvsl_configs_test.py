@@ -15,6 +15,7 @@ from avl_jax import eval_lib
 from avl_jax import input_pipeline
 from avl_jax import sweep_lib
 from avl_jax import train
+from avl_jax import tvsl_eval
 from avl_jax import tvsl_lib
 from avl_jax.models.tvsl import text_bank as text_bank_lib
 
@@ -150,7 +151,7 @@ def test_canvas_scoring_places_gt_on_its_half():
   raw = np.zeros((2, 224, 448), np.float32)
   raw[:, :112, :112] = -1.0  # inverted: low raw = high score
   pred = {"canvas": True}
-  placed, scores = eval_lib.tvsl_items(config, pred, np.array([0, 1]), gt, raw)
+  placed, scores = tvsl_eval.items(config, pred, np.array([0, 1]), gt, raw)
   assert placed.shape == (2, 224, 448) and placed[0, :, :224].sum() == placed[1, :, 224:].sum() == 112 * 112
   summaries, per_items = eval_lib.score_items(scores, placed, np.array([1, 1]), protocol="official", tau=0.03,
                                               map_range="unit", binarize="fixed", baselines=False,
@@ -262,7 +263,7 @@ def test_predicted_classes_are_matched_to_gt_sources():
   pred = {"maps": raw, "pred_valid": np.array([[True, True, True], [True, True, False]]),
           "pred_rows": np.array([[5, 7, 9], [4, 6, 8]]), "gt_rows": np.array([[7, 2], [8, -1]])}
   example_idx, source_idx = np.array([0, 0, 1]), np.array([0, 1, 0])
-  maps, unmatched, extra = eval_lib.match_predicted(config, pred, example_idx, source_idx, gt, np.ones(3, int))
+  maps, unmatched, extra = tvsl_eval.match_predicted(config, pred, example_idx, source_idx, gt, np.ones(3, int))
   np.testing.assert_array_equal(maps[0], raw[0, 1])
   np.testing.assert_array_equal(maps[1], raw[0, 0])
   assert not unmatched.any() and not np.array_equal(maps[2], raw[1, 2])
@@ -271,7 +272,7 @@ def test_predicted_classes_are_matched_to_gt_sources():
   np.testing.assert_allclose(extra["num_predicted_mean"], 2.5)
   pred["pred_valid"][1] = [True, False, False]
   gt2 = np.concatenate([gt, gt[2:]])
-  _, unmatched, _ = eval_lib.match_predicted(config, pred, np.array([0, 0, 1, 1]), np.array([0, 1, 0, 1]), gt2,
+  _, unmatched, _ = tvsl_eval.match_predicted(config, pred, np.array([0, 0, 1, 1]), np.array([0, 1, 0, 1]), gt2,
                                              np.ones(4, int))
   assert unmatched.tolist() == [False, False, False, True]
 

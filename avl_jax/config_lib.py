@@ -74,7 +74,7 @@ def base_config() -> ml_collections.ConfigDict:
       audio_seconds=3.0,   # centre window (tiled when shorter)
       mix=True,            # training-time mixing with a partner of another class (multi-source train sets)
       max_sources=2,       # eval: sources per example (padded)
-      max_boxes=10,        # eval: boxes per example (padded)
+      max_boxes=16,        # eval: boxes per example (padded; VGG-SS duet test pairs carry up to 11)
       num_workers=2,       # grain worker processes (0: in-process)
       read_threads=2,      # decode threads per worker (read-ahead is 2 batches)
       worker_buffer_size=2,

@@ -109,10 +109,10 @@ def test_fast_train_records_match_tfds(data_dirs, tiny_data_dir):
 
 def test_prepare_data_script_demo(tmp_path):
   env = dict(os.environ, AVL_SKIP_INSTALL="1", PATH=f"{pathlib.Path(sys.executable).parent}:{os.environ['PATH']}")
+  # Relative paths are taken relative to the caller's directory.
   result = subprocess.run(
       ["bash", str(REPO / "launch" / "prepare_data.sh"), "--demo", "--set", "num_workers=1", "vggsound", "duet",
-       str(tmp_path / "raw"), str(tmp_path / "tfds")], capture_output=True, text=True, env=env, timeout=300,
-      check=False)
+       "raw", "tfds"], capture_output=True, text=True, env=env, timeout=300, check=False, cwd=tmp_path)
   output = result.stdout + result.stderr
   assert result.returncode == 0, output[-3000:]
   assert "vggsound/duet ready in" in result.stdout and "{'train': 4, 'test': 3}" in result.stdout

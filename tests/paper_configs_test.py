@@ -67,3 +67,32 @@ def test_runlocal_trains_and_evaluates(name, tiny_data_dir, tmp_path):
   with open(tmp_path / "eval" / f"{split}_2.json") as f:
     assert json.load(f)["step"] == 2
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2"]
+
+
+def _max_test_boxes(dataset: str) -> int:
+  """The most GT boxes one test example of `dataset` carries, from the bundled official metadata."""
+  import csv  # pylint: disable=g-import-not-at-top
+  from avl_jax.datasets import metadata  # pylint: disable=g-import-not-at-top
+  bundled = metadata.BUNDLED_DIR
+  variant = dataset.split("/")[1].removesuffix("_44k")
+  if dataset.startswith("vgginstruments"):
+    return 0  # mask GT
+  if dataset.startswith("music"):
+    entries = json.loads((bundled / f"music_{variant}.json").read_text())
+    return max(sum(key.startswith("bbox") for key in entry) for entry in entries)
+  boxes = {entry["file"]: len(entry["bbox"]) for entry in json.loads((bundled / "vggss.json").read_text())}
+  with open(bundled / f"vggsound_{variant}_test.csv") as f:
+    rows = list(csv.reader(f))
+  return max(sum(boxes.get(cell, 0) for cell in row) for row in rows)
+
+
+def test_max_boxes_fits_every_official_test_example():
+  """A real test set never overflows the padded boxes (the VGG-SS duet pairs carry up to 11)."""
+  configs = [config_lib.avgn_paper_config(name, None) for name in config_lib.PAPER_SETTINGS]
+  configs += [config_lib.tvsl_paper_config(name, None) for name in config_lib.TVSL_SETTINGS]
+  bounds = {}
+  for config in configs:
+    name = config.dataset.name
+    bounds.setdefault(name, _max_test_boxes(name))
+    assert config.dataset.max_boxes >= bounds[name], (name, bounds[name])
+  assert bounds["vggsound/duet"] == 11 and bounds["vggsound/single"] == 7 and bounds["music/duet"] == 2

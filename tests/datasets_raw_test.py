@@ -1,6 +1,7 @@
 """Raw-file reading (avl_jax/datasets/raw.py), items, metadata parsing and the bundled official metadata."""
 import json
 import os
+import pathlib
 import pickle
 
 import numpy as np
@@ -40,6 +41,19 @@ def test_truncated_and_garbage_wavs_are_unreadable(tmp_path):
   with pytest.raises(raw.SkipError) as e:
     raw.read_wav(str(tmp_path / "b.wav"))
   assert e.value.reason == "unreadable_audio"
+
+
+def test_unsupported_wav_sample_width_is_unreadable(tmp_path):
+  import struct  # pylint: disable=g-import-not-at-top
+  path = str(tmp_path / "wide.wav")
+  data = bytes(50)  # 40-bit samples: a well-formed RIFF/WAVE header that no PCM reader here supports
+  fmt = struct.pack("<HHIIHH", 1, 1, 16000, 16000 * 5, 5, 40)
+  (tmp_path / "wide.wav").write_bytes(b"RIFF" + struct.pack("<I", 4 + 8 + len(fmt) + 8 + len(data)) + b"WAVE" +
+                                      b"fmt " + struct.pack("<I", len(fmt)) + fmt +
+                                      b"data" + struct.pack("<I", len(data)) + data)
+  with pytest.raises(raw.SkipError, match="5-byte samples") as e:
+    raw.read_wav(path)
+  assert e.value.reason == "unreadable_audio" and e.value.file == path
 
 
 def test_resample_length_and_tone():
@@ -171,6 +185,37 @@ def test_malformed_boxes(value):
   with pytest.raises(raw.SkipError) as e:
     items.check_box(value, "boxes.json")
   assert e.value.reason == "malformed_box"
+  with pytest.raises(raw.SkipError, match="bbox_src2: ") as e:
+    items.check_box(value, "boxes.json", field="bbox_src2")
+  assert e.value.file == "boxes.json"
+
+
+def test_bad_annotation_files_name_the_file(tmp_path):
+  (tmp_path / "a.json").write_text("[{\"file\": \"x\", \"bbox\": []},")
+  with pytest.raises(ValueError, match=r"a\.json: not valid JSON"):
+    metadata.entries_by_file(str(tmp_path / "a.json"))
+  (tmp_path / "b.json").write_text('[{"file": "x"}, {"class": "cello"}]')
+  with pytest.raises(ValueError, match=r"b\.json: annotation 1 has no 'file' id"):
+    metadata.entries_by_file(str(tmp_path / "b.json"))
+  (tmp_path / "c.json").write_text('{"file": "x"}')
+  with pytest.raises(ValueError, match=r"c\.json: expected a JSON list"):
+    metadata.entries_by_file(str(tmp_path / "c.json"))
+  (tmp_path / "d.csv").write_bytes(b"\xff\xfe\x00bad")
+  with pytest.raises(ValueError, match=r"d\.csv: not a UTF-8 text list"):
+    metadata.read_rows(str(tmp_path / "d.csv"))
+
+
+def test_malformed_music_ids_are_skipped_as_malformed_rows(tmp_path):
+  """A row whose id is not {ytid}_{seg:03d}_{frame:05d} is skipped and reported, not a crash."""
+  tree = fake_raw.make_tree("music", "solo", str(tmp_path / "raw"), "frames")
+  train_list = pathlib.Path(tree.root) / "metadata" / "music_solo_train.txt"
+  rows = train_list.read_text().splitlines()
+  train_list.write_text("\n".join(rows + ["not_a_frame_id,cello"]) + "\n")
+  builder = fake_raw.build("music/solo", tree.root, str(tmp_path / "tfds"))
+  report = builder_lib.read_report(os.path.join(builder.data_dir, "skipped_train.csv"))
+  bad = [row for row in report if row["id"] == "not_a_frame_id"]
+  assert len(bad) == 1 and bad[0]["reason"] == "malformed_row" and bad[0]["file"].endswith("music_solo_train.txt")
+  assert builder.info.splits["train"].num_examples == len(tree.expected["train"])
 
 
 def test_underscore_class_names():

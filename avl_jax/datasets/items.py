@@ -100,20 +100,21 @@ class Skipped:
     return cls(key, example_id, error.file, error.reason, error.detail)
 
 
-def check_box(values: Any, file: str) -> tuple[float, float, float, float]:
+def check_box(values: Any, file: str, field: str = "") -> tuple[float, float, float, float]:
   """A metadata box: exactly 4 finite numbers (out-of-range values are kept: the `official` GT clips them).
 
   Raises:
-    SkipError(malformed_box).
+    SkipError(malformed_box), the detail naming `field` (e.g. 'bbox_src2') when given.
   """
+  where = f"{field}: " if field else ""
   if not isinstance(values, (list, tuple)) or len(values) != 4:
-    raise raw.SkipError("malformed_box", file, f"expected 4 numbers, got {values!r}")
+    raise raw.SkipError("malformed_box", file, f"{where}expected 4 numbers, got {values!r}")
   try:
     box = tuple(float(v) for v in values)
   except (TypeError, ValueError) as e:
-    raise raw.SkipError("malformed_box", file, f"non-numeric box {values!r}") from e
+    raise raw.SkipError("malformed_box", file, f"{where}non-numeric box {values!r}") from e
   if not all(math.isfinite(v) for v in box) or any(isinstance(v, bool) for v in values):
-    raise raw.SkipError("malformed_box", file, f"non-finite box {values!r}")
+    raise raw.SkipError("malformed_box", file, f"{where}non-finite box {values!r}")
   return box
 
 

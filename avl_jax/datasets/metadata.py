@@ -64,7 +64,10 @@ def require(name: str, manual_dir: str | None, *, bundled: bool = True, hint: st
 
 def read_rows(path: str) -> list[list[str]]:
   """Rows of a comma-separated list (.txt or .csv, LF or CRLF); fields stripped, blank lines dropped."""
-  text = epath.Path(path).read_text(encoding="utf-8-sig")
+  try:
+    text = epath.Path(path).read_text(encoding="utf-8-sig")
+  except UnicodeDecodeError as e:
+    raise ValueError(f"{path}: not a UTF-8 text list ({e}).") from e
   rows = []
   for row in csv.reader(io.StringIO(text)):
     fields = [field.strip() for field in row]
@@ -74,7 +77,23 @@ def read_rows(path: str) -> list[list[str]]:
 
 
 def read_json(path: str) -> Any:
-  return json.loads(epath.Path(path).read_text(encoding="utf-8"))
+  try:
+    return json.loads(epath.Path(path).read_text(encoding="utf-8"))
+  except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    raise ValueError(f"{path}: not valid JSON ({e}).") from e
+
+
+def entries_by_file(path: str) -> dict[str, dict[str, Any]]:
+  """An annotation JSON (a list of objects with a 'file' id: music_*.json, vggss.json) indexed by id."""
+  entries = read_json(path)
+  if not isinstance(entries, list):
+    raise ValueError(f"{path}: expected a JSON list of annotations, got {type(entries).__name__}.")
+  index = {}
+  for i, entry in enumerate(entries):
+    if not isinstance(entry, dict) or not isinstance(entry.get("file"), str):
+      raise ValueError(f"{path}: annotation {i} has no 'file' id: {str(entry)[:200]}")
+    index[entry["file"]] = entry
+  return index
 
 
 def underscore_class(display_name: str) -> str:

@@ -187,6 +187,9 @@ def read_wav(path: str) -> tuple[np.ndarray, int]:
       frames = reader.readframes(declared)
   except (wave.Error, EOFError) as e:
     return _read_wav_scipy(path, data, e)
+  if width not in (1, 2, 3, 4) or channels < 1 or rate < 1:
+    raise SkipError("unreadable_audio", path, f"unsupported wav: {width}-byte samples, {channels} channels, "
+                    f"{rate} Hz (8/16/24/32-bit PCM or float expected)")
   got = len(frames) // (channels * width)
   if got < declared:
     raise SkipError("unreadable_audio", path, f"truncated: header declares {declared} samples, file holds {got}")

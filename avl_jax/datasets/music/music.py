@@ -56,7 +56,10 @@ def bundled_classes(variant: str) -> tuple[str, ...]:
   return tuple(metadata.vocabulary(rows, (1,) if variant == "solo" else (1, 2)))
 
 
-def _clip(frame_id: str) -> items_lib.Clip:
+def _clip(frame_id: str, path: str) -> items_lib.Clip:
+  """The clip of a MUSIC frame id `{ytid}_{seg:03d}_{frame:05d}`; SkipError(malformed_row) for another id."""
+  if not metadata.is_music_frame_id(frame_id):
+    raise raw.SkipError("malformed_row", path, f"{frame_id!r} is not a MUSIC frame id {{ytid}}_{{seg:03d}}_{{frame:05d}}")
   video = metadata.music_video_id(frame_id)
   return items_lib.Clip(frame_name=frame_id, audio_name=video, video_name=video,
                         frame_index=metadata.music_frame_index(frame_id), shared_audio=True)
@@ -96,7 +99,8 @@ class Music(builder_lib.RawAvBuilder):
       try:
         builder_lib.check_fields(row, num_fields, source.path)
         classes = tuple(builder_lib.class_index(name, vocab, source.path) for name in row[1:num_fields])
-        result.items.append(items_lib.Item(key=key, example_id=row[0], clip=_clip(row[0]), source_class=classes))
+        result.items.append(items_lib.Item(key=key, example_id=row[0], clip=_clip(row[0], source.path),
+                                             source_class=classes))
       except raw.SkipError as e:
         result.skipped.append(items_lib.Skipped.from_error(key, row[0], e))
     return result
@@ -105,7 +109,7 @@ class Music(builder_lib.RawAvBuilder):
     """Test csv ids with their json annotations (solo: class + 1 box; duet: class_src1/2 + bbox_src1/2)."""
     ids_file = metadata.require(FILES[variant]["test"], manual_dir)
     boxes_file = metadata.require(FILES[variant]["boxes"], manual_dir)
-    annotations = {entry["file"]: entry for entry in metadata.read_json(boxes_file.path)}
+    annotations = metadata.entries_by_file(boxes_file.path)
     vocab = {name: i for i, name in enumerate(self._class_names())}
     result = builder_lib.SplitItems([], [], [ids_file, boxes_file])
     for key, row in enumerate(metadata.read_rows(ids_file.path)):
@@ -116,9 +120,9 @@ class Music(builder_lib.RawAvBuilder):
         sources = ([("class", "bbox")] if variant == "solo" else
                    [("class_src1", "bbox_src1"), ("class_src2", "bbox_src2")])
         classes = tuple(builder_lib.class_index(entry.get(c, ""), vocab, boxes_file.path) for c, _ in sources)
-        boxes = tuple(items_lib.check_box(entry.get(b), boxes_file.path) for _, b in sources)
+        boxes = tuple(items_lib.check_box(entry.get(b), boxes_file.path, field=b) for _, b in sources)
         result.items.append(items_lib.Item(
-            key=key, example_id=row[0], clip=_clip(row[0]), source_class=classes, boxes=boxes,
+            key=key, example_id=row[0], clip=_clip(row[0], ids_file.path), source_class=classes, boxes=boxes,
             box_source=tuple(range(len(boxes))), box_format="xywh"))
       except raw.SkipError as e:
         result.skipped.append(items_lib.Skipped.from_error(key, row[0], e))

@@ -102,7 +102,7 @@ class Vggsound(builder_lib.RawAvBuilder):
     duet = self.builder_config.variant == "duet"
     ids_file = metadata.require(TEST_FILES["duet" if duet else "single"], manual_dir)
     boxes_file = metadata.require(BOXES_FILE, manual_dir)
-    boxes_by_id = {entry["file"]: entry.get("bbox") for entry in metadata.read_json(boxes_file.path)}
+    boxes_by_id = {file: entry.get("bbox") for file, entry in metadata.entries_by_file(boxes_file.path).items()}
     vocab = {name: i for i, name in enumerate(self._class_names())}
     result = builder_lib.SplitItems([], [], [ids_file, boxes_file])
     for key, row in enumerate(metadata.read_rows(ids_file.path)):

@@ -126,6 +126,38 @@ def test_decode_video_middle_frame_index_and_audio(tmp_path):
   assert abs(np.argmax(spectrum) - fake_raw.clip_frequency("v")) <= 2
 
 
+def test_frame_past_the_end_is_a_missing_frame(tmp_path):
+  path = str(tmp_path / "v.mp4")
+  fake_raw.write_mp4(path, [np.full((48, 64, 3), fake_raw.frame_grey(k), np.uint8) for k in range(30)],
+                     fake_raw._tone("v", 3.0))
+  assert raw.decode_video(path, frame_index=29).frame_time == pytest.approx(2.9, abs=1e-6)
+  with pytest.raises(raw.SkipError, match="frame at 4.000 s requested") as e:  # frame 40 of a 30-frame video
+    raw.decode_video(path, frame_index=40)
+  assert e.value.reason == "missing_frame" and e.value.file == path
+
+
+def test_cut_short_mp4_with_its_index_first_is_skipped(tmp_path):
+  """Downloaded mp4s keep their index (moov) first, so a cut-off file still opens and decodes up to the cut."""
+  import av  # pylint: disable=g-import-not-at-top
+  path = str(tmp_path / "v.mp4")
+  fake_raw.write_mp4(path, [np.full((48, 64, 3), fake_raw.frame_grey(k), np.uint8) for k in range(30)],
+                     fake_raw._tone("v", 3.0), faststart=True)
+  assert raw.decode_video(path, frame_position=0.5).audio.size > 0  # the whole file is fine
+  with av.open(path) as container:
+    audio_packets = [p.pos for p in container.demux() if p.stream.type == "audio" and p.pos is not None]
+  data = pathlib.Path(path).read_bytes()
+  cut = str(tmp_path / "cut.mp4")
+  pathlib.Path(cut).write_bytes(data[:audio_packets[len(audio_packets) // 2]])  # at a packet boundary, mid-audio
+  for decode in (lambda: raw.decode_video(cut, frame_position=0.25), lambda: raw.decode_video_audio(cut)):
+    with pytest.raises(raw.SkipError, match="truncated: the audio track declares 3.00 s") as e:
+      decode()
+    assert e.value.reason == "unreadable_video"
+  pathlib.Path(cut).write_bytes(data[:len(data) // 2])  # the middle frame itself is gone
+  with pytest.raises(raw.SkipError) as e:
+    raw.decode_video(cut, frame_position=0.5)
+  assert e.value.reason in ("missing_frame", "unreadable_video")
+
+
 def test_video_errors(tmp_path):
   silent = str(tmp_path / "silent.mp4")
   fake_raw.write_mp4(silent, [np.zeros((48, 64, 3), np.uint8)] * 5, None)

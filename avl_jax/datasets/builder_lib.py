@@ -293,9 +293,16 @@ class RawAvBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     counts = _reason_counts(state.skipped)
     examples = "; ".join(f"{s.reason} {s.file}" for s in state.skipped[:3])
     stage = "could not be built" if final else "have no files"
-    if counts and max(counts, key=counts.get) in ("missing_files", "missing_mask"):
+    top = max(counts, key=counts.get) if counts else ""
+    if top == "missing_mask":
+      hint = (f"Are the test masks there? manual_dir={manual_dir} should hold masks/<sample>.pkl, one annotation "
+              "pickle per test sample (see the builder's MANUAL_DOWNLOAD_INSTRUCTIONS).")
+    elif top == "missing_files":
       hint = (f"Is the manual directory right? manual_dir={manual_dir} should hold, per clip, frames/<id>.jpg and "
               "audio/<id>.wav, or <id>.mp4 (see the builder's MANUAL_DOWNLOAD_INSTRUCTIONS).")
+    elif top == "missing_frame":
+      hint = ("Most listed frames lie past the end of their videos: for MUSIC, set video_fps to the rate the frame "
+              "ids were extracted at (the official frames are numbered at the video's own rate).")
     else:
       hint = (f"Most listed files in manual_dir={manual_dir} exist but fail to decode: check them and the config "
               "(e.g. audio_seconds and short_audio for clips shorter than the window).")

@@ -105,10 +105,11 @@ def write_wav(path: str, samples: np.ndarray, rate: int = AUDIO_RATE) -> None:
 
 
 def write_mp4(path: str, frames: list[np.ndarray], audio: np.ndarray | None, fps: int = VIDEO_FPS,
-              rate: int = AUDIO_RATE) -> None:
-  """H.264 video (+ mono AAC audio when `audio` [N, 1] is given) with PyAV."""
+              rate: int = AUDIO_RATE, faststart: bool = False) -> None:
+  """H.264 video (+ mono AAC audio when `audio` [N, 1] is given) with PyAV; faststart puts the index (moov)
+  before the media, as most downloaded mp4s have it."""
   os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-  with av.open(path, "w", format="mp4") as container:
+  with av.open(path, "w", format="mp4", options={"movflags": "faststart"} if faststart else {}) as container:
     video = container.add_stream("libx264", rate=fps)
     video.width, video.height = frames[0].shape[1], frames[0].shape[0]
     video.pix_fmt = "yuv420p"

@@ -30,6 +30,7 @@ REASONS = (
     "unreadable_video",  # corrupt or truncated mp4 (PyAV cannot open or decode it)
     "no_video_track",    # mp4 without a video stream
     "no_audio_track",    # mp4 without an audio stream
+    "missing_frame",     # the listed frame (MUSIC frame index, or the middle of a cut-short mp4) is not decodable
     "audio_too_short",   # audio shorter than the stored window (with short_audio='skip')
     "malformed_box",     # box that is not 4 finite numbers
     "missing_mask",      # VGGSound-Instruments test sample without its pickled mask
@@ -314,10 +315,13 @@ def decode_video(path: str, *, frame_position: float | None = None, frame_index:
       else:
         target = float(frame_position if frame_position is not None else 0.5) * _duration(container, video)
       frame, frame_time = _frame_near(container, video, target, fps)
+      if abs(frame_time - target) > 1.5 / (video_fps or fps):
+        raise SkipError("missing_frame", path, f"frame at {target:.3f} s requested, the nearest decodable frame "
+                        f"is at {frame_time:.3f} s (a frame index past the end, or a cut-short file)")
       samples, rate = np.zeros((0,), np.float32), 0
       if audio:
         container.seek(0)
-        samples, rate = _decode_audio(container)
+        samples, rate = _decode_audio(container, path)
   except SkipError:
     raise
   except Exception as e:  # av.error.* (InvalidDataError, ...), EOFError, ValueError on truncated files
@@ -355,8 +359,18 @@ def _frame_near(container, video, target: float, fps: float) -> tuple[np.ndarray
   return best.to_ndarray(format="rgb24"), float(best_time)
 
 
-def _decode_audio(container) -> tuple[np.ndarray, int]:
-  """The first audio stream, resampled by PyAV to planar float at its own rate and layout, channels averaged."""
+# A decoded audio track shorter than this fraction of its declared duration (less TRUNCATION_SLACK_SECONDS of
+# codec priming and padding) is a cut-short file: mp4s with their index at the front decode up to the cut.
+TRUNCATION_FRACTION = 0.95
+TRUNCATION_SLACK_SECONDS = 0.1
+
+
+def _decode_audio(container, path: str) -> tuple[np.ndarray, int]:
+  """The first audio stream, resampled by PyAV to planar float at its own rate and layout, channels averaged.
+
+  Raises:
+    SkipError(unreadable_video): the track decodes to clearly less than its declared duration (truncated).
+  """
   stream = container.streams.audio[0]
   resampler = av.AudioResampler(format="fltp", layout=stream.layout.name if stream.layout else None,
                                 rate=stream.rate)
@@ -369,6 +383,11 @@ def _decode_audio(container) -> tuple[np.ndarray, int]:
   if not chunks:
     return np.zeros((0,), np.float32), int(stream.rate or 0)
   samples = np.concatenate(chunks, axis=1)  # [C, N]
+  if stream.duration is not None and stream.time_base is not None and stream.rate:
+    declared, decoded = float(stream.duration * stream.time_base), samples.shape[1] / stream.rate
+    if decoded < TRUNCATION_FRACTION * declared - TRUNCATION_SLACK_SECONDS:
+      raise SkipError("unreadable_video", path, f"truncated: the audio track declares {declared:.2f} s, "
+                      f"{decoded:.2f} s decode")
   return np.clip(samples.mean(axis=0), -1.0, 1.0).astype(np.float32), int(stream.rate)
 
 
@@ -378,7 +397,7 @@ def decode_video_audio(path: str) -> tuple[np.ndarray, int]:
     with epath.Path(path).open("rb") as f, av.open(f) as container:
       if not container.streams.audio:
         raise SkipError("no_audio_track", path)
-      audio, rate = _decode_audio(container)
+      audio, rate = _decode_audio(container, path)
   except SkipError:
     raise
   except Exception as e:

@@ -23,9 +23,11 @@ import dataclasses
 import functools
 import io
 import logging as std_logging
+import os
 from typing import Any
 
 from absl import logging
+from etils import epath
 import grain
 import ml_collections
 import numpy as np
@@ -344,6 +346,44 @@ def primary_classes(source, num_classes: int) -> np.ndarray:
   return np.array([_primary_class(source[i], cfg) for i in range(len(source))], np.int32)
 
 
+CLASS_INDEX_CHECKS = 32  # records re-read to validate a cached class index
+
+
+def cached_primary_classes(records, tfds_source, num_classes: int) -> np.ndarray:
+  """`primary_classes`, cached next to the prepared dataset.
+
+  The mixing index needs every training record's class, and a record holds the whole clip: one pass over full
+  VGGSound reads ~70 GB (~0.5 ms per record here). The first run writes `class_index-<split shard>-<n>.npy`
+  into the dataset's directory (when writable; else it is recomputed each run); later runs load it and re-read
+  CLASS_INDEX_CHECKS random records to check it still describes the data (a stale cache is rebuilt).
+  """
+  split = getattr(tfds_source, "split", "")
+  if isinstance(split, tfds.core.subsplits_utils._EvenSplit):  # pylint: disable=protected-access
+    split = f"{split.split}-{split.index}of{split.count}"
+  name = "".join(c if c.isalnum() or c in "-_" else "_" for c in str(split))
+  directory = epath.Path(tfds_source.dataset_info.data_dir)
+  path = directory / f"class_index-{name}-{len(records)}.npy"
+  cfg = DataConfig(num_classes, 1, 1, 1, 1, 1, 1)
+  try:
+    with path.open("rb") as f:
+      classes = np.load(f)
+    checks = np.random.default_rng().choice(len(records), min(CLASS_INDEX_CHECKS, len(records)), replace=False)
+    if classes.shape == (len(records),) and all(classes[i] == _primary_class(records[int(i)], cfg) for i in checks):
+      return classes.astype(np.int32)
+    logging.warning("The class index %s does not match the records; rebuilding it.", path)
+  except (OSError, ValueError):
+    pass  # absent or unreadable: build it
+  classes = primary_classes(records, num_classes)
+  tmp = directory / f".{path.name}.{os.getpid()}.tmp"
+  try:
+    with tmp.open("wb") as f:
+      np.save(f, classes)
+    tmp.replace(path)
+  except OSError as e:
+    logging.warning("Cannot cache the class index in %s (%s); it is recomputed on every start.", directory, e)
+  return classes
+
+
 def create_train_dataset(config: ml_collections.ConfigDict, per_host_batch: int, seed: int) -> grain.IterDataset:
   """Infinite, shuffled, augmented (and mixed) per-host training batches.
 
@@ -359,11 +399,11 @@ def create_train_dataset(config: ml_collections.ConfigDict, per_host_batch: int,
   if cfg.canvas and not ds_config.mix:
     raise DataError("config.dataset.canvas=True (T-VSL's [own | partner] training canvas) needs "
                     "config.dataset.mix=True: the partner supplies the second frame and sound.")
-  source = train_records(source)
+  tfds_source, source = source, train_records(source)
   dataset = grain.MapDataset.source(source).seed(seed).shuffle().repeat()
   dataset = dataset.random_map(TrainDecode(cfg))
   if ds_config.mix:
-    classes = primary_classes(source, cfg.num_classes)
+    classes = cached_primary_classes(source, tfds_source, cfg.num_classes)
     dataset = dataset.random_map(MixWithPartner(source, classes, cfg))
   # Batch after to_iter_dataset so the read-ahead buffer counts examples, not batches (with grain's default
   # 500-element buffer per worker, batching first held ~1.5 GB of decoded batches in every worker).

@@ -15,9 +15,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
-import tensorflow_datasets as tfds  # noqa: E402
 
-import avl_jax.datasets  # noqa: E402,F401  (registers the builders)
+from avl_jax import datasets  # noqa: E402  (registers the builders)
 
 _DATASET = flags.DEFINE_string("dataset", None, "TFDS name[/config] to build (default: the --config's "
                                "dataset.name, else synthetic_av/default).")
@@ -31,13 +30,6 @@ _MANUAL_DIR = flags.DEFINE_string(
     "where); not needed for synthetic_av.")
 
 
-def prepare(name: str, data_dir: str | None, manual_dir: str | None = None) -> tfds.core.DatasetBuilder:
-  builder = tfds.builder(name, data_dir=data_dir)
-  download_config = tfds.download.DownloadConfig(manual_dir=manual_dir) if manual_dir else None
-  builder.download_and_prepare(file_format="array_record", download_config=download_config)
-  return builder
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -47,7 +39,7 @@ def main(argv):
     data_dir = data_dir or _CONFIG.value.dataset.get("data_dir")
   name = name or "synthetic_av/default"
   start = time.time()
-  builder = prepare(name, data_dir, _MANUAL_DIR.value)
+  builder = datasets.prepare(name, data_dir, _MANUAL_DIR.value)
   sizes = {split_name: split.num_examples for split_name, split in builder.info.splits.items()}
   print(f"{name} ready in {builder.data_dir} ({time.time() - start:.1f} s): {sizes}")
 

@@ -44,9 +44,9 @@ def golden_dir() -> pathlib.Path:
 @pytest.fixture(scope="session")
 def tiny_data_dir(tmp_path_factory) -> str:
   """synthetic_av/tiny built once per test process (a few seconds)."""
-  from avl_jax import prepare  # pylint: disable=g-import-not-at-top
+  from avl_jax import datasets  # pylint: disable=g-import-not-at-top
   data_dir = tmp_path_factory.mktemp("tfds")
-  prepare.prepare("synthetic_av/tiny", str(data_dir))
+  datasets.prepare("synthetic_av/tiny", str(data_dir))
   return str(data_dir)
 
 

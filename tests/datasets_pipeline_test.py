@@ -128,7 +128,8 @@ def test_pipeline_benchmark_runs(tmp_path):
        "--num_classes=3", "--batch_size=2", "--min_seconds=0.2", "--build_workers=1",
        f"--workdir={tmp_path}"], capture_output=True, text=True, timeout=300, check=False, cwd=REPO)
   assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
-  for line in ("train pipeline (ArrayRecord", "raw files per example", "ratio pipeline / raw"):
+  for line in ("train pipeline (ArrayRecord", "normalize_on_device=False", "official loader per example",
+               "ratio pipeline / official loader"):
     assert line in result.stdout
 
 

@@ -1,4 +1,6 @@
 """grain pipelines: shapes, determinism, mixing rules, exact iterator resume, eval padding and masks."""
+import pathlib
+
 import numpy as np
 import pytest
 
@@ -83,7 +85,7 @@ def test_eval_pipeline_pads_with_mask_and_counts_each_example_once(tiny_config):
   assert len(set(ids)) == data.num_examples
   b = batches[0]
   assert b["source_class"].shape == (5, 2) and np.all(b["source_class"] >= 0)  # duet: both sources present
-  assert b["boxes"].shape == (5, 10, 4)
+  assert b["boxes"].shape == (5, tiny_config.dataset.max_boxes, 4)
   valid_boxes = b["box_source"] >= 0
   assert np.all((b["boxes"][valid_boxes] >= 0) & (b["boxes"][valid_boxes] <= 1))
   # Deterministic: a second pass gives identical batches.
@@ -116,3 +118,28 @@ def test_audio_window_centre_and_tiling():
   np.testing.assert_array_equal(input_pipeline.audio_window(short, 10, 10), [0, 1, 2, 3, 0, 1, 2, 3, 0, 1])
 
 
+
+
+def test_class_index_is_cached_next_to_the_dataset_and_checked(tiny_config, monkeypatch):
+  """Mixing needs every training record's class: computed once, cached in the dataset dir, re-validated."""
+  source = input_pipeline.open_source(tiny_config.dataset.name, "train", tiny_config.dataset.data_dir)
+  records = input_pipeline.train_records(source)
+  want = input_pipeline.primary_classes(records, tiny_config.dataset.num_classes)
+  cache = (pathlib.Path(source.dataset_info.data_dir) / f"class_index-train-0of1-{len(records)}.npy")
+  cache.unlink(missing_ok=True)
+  first = next(iter(input_pipeline.create_train_dataset(tiny_config, 4, seed=2)))
+  np.testing.assert_array_equal(np.load(cache), want)
+  # Later starts read the cache instead of every record.
+  calls = []
+  original = input_pipeline.primary_classes
+  monkeypatch.setattr(input_pipeline, "primary_classes", lambda *a: calls.append(1) or original(*a))
+  again = next(iter(input_pipeline.create_train_dataset(tiny_config, 4, seed=2)))
+  assert not calls
+  for key in first:
+    np.testing.assert_array_equal(first[key], again[key])
+  # A stale cache (other data under the same name) is detected by the spot checks and rebuilt.
+  np.save(cache, (want + 1) % tiny_config.dataset.num_classes)
+  rebuilt = next(iter(input_pipeline.create_train_dataset(tiny_config, 4, seed=2)))
+  assert calls and np.array_equal(np.load(cache), want)
+  for key in first:
+    np.testing.assert_array_equal(first[key], rebuilt[key])

@@ -185,6 +185,28 @@ def test_find_clip_files_layouts(tmp_path):
     raw.find_clip_files(root, "c", "c", "c")
 
 
+def test_dir_listing_answers_like_stat_with_one_listing_per_folder(tmp_path, monkeypatch):
+  root = str(tmp_path)
+  fake_raw.write_clip(root, "a", "frames")
+  fake_raw.write_clip(root, "b", "video")
+  (tmp_path / "frames" / "c.jpg").write_bytes(b"x")  # frame without its wav
+  listed = []
+  iterdir = type(raw.epath.Path(root)).iterdir
+  monkeypatch.setattr(type(raw.epath.Path(root)), "iterdir", lambda self: listed.append(str(self)) or iterdir(self))
+  listing = raw.DirListing()
+  for layout in ("auto", "frames", "video"):
+    for clip in ("a", "b", "c", "d"):
+      outcomes = []
+      for use in (None, listing):
+        try:
+          outcomes.append(raw.find_clip_files(root, clip, clip, clip, layout, use))
+        except raw.SkipError as e:
+          outcomes.append((e.reason, e.file, e.detail))
+      assert outcomes[0] == outcomes[1], (layout, clip)
+  assert sorted(listed) == sorted(set(listed))  # each folder listed once, however many clips
+  assert {os.path.basename(p) for p in listed} >= {"frames", "audio", os.path.basename(root)}
+
+
 def test_read_mask_values_and_errors(tmp_path):
   mask = np.zeros((5, 7), np.uint8)
   mask[1:3, 2:5] = 1

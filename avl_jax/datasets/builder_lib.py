@@ -350,9 +350,10 @@ def check_vocabulary(class_names: Sequence[str], rows: Sequence[Sequence[str]], 
 def _resolve_all(items: Sequence[items_lib.Item], manual_dir: str,
                  options: raw.DecodeOptions) -> tuple[list[items_lib.Resolved], list[items_lib.Skipped]]:
   resolved, skipped = [], []
+  listing = raw.DirListing()
   for item in items:
     try:
-      resolved.append(items_lib.resolve(item, manual_dir, options))
+      resolved.append(items_lib.resolve(item, manual_dir, options, listing))
     except raw.SkipError as e:
       skipped.append(items_lib.Skipped.from_error(item.key, item.example_id, e))
   return resolved, skipped

@@ -135,21 +135,22 @@ def normalized_xyxy(boxes: np.ndarray, box_format: str) -> tuple[np.ndarray, boo
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _find(clip: Clip, manual_dir: str, layout: str) -> raw.ClipFiles:
-  return raw.find_clip_files(manual_dir, clip.frame_name, clip.audio_name, clip.video_name, layout)
+def _find(clip: Clip, manual_dir: str, layout: str, listing: raw.DirListing | None) -> raw.ClipFiles:
+  return raw.find_clip_files(manual_dir, clip.frame_name, clip.audio_name, clip.video_name, layout, listing)
 
 
-def resolve(item: Item, manual_dir: str, options: raw.DecodeOptions) -> Resolved:
-  """Finds the files of an item's clip, partner and masks.
+def resolve(item: Item, manual_dir: str, options: raw.DecodeOptions,
+            listing: raw.DirListing | None = None) -> Resolved:
+  """Finds the files of an item's clip, partner and masks (`listing`: see raw.DirListing).
 
   Raises:
     SkipError: missing_files (own or partner clip), missing_mask.
   """
-  files = _find(item.clip, manual_dir, options.layout)
+  files = _find(item.clip, manual_dir, options.layout, listing)
   partner_files = None
   if item.partner is not None:
     try:
-      partner_files = _find(item.partner, manual_dir, options.layout)
+      partner_files = _find(item.partner, manual_dir, options.layout, listing)
     except raw.SkipError as e:
       raise raw.SkipError(e.reason, e.file, f"partner {item.partner_id}: {e.detail}") from e
   mask_files = tuple(raw.find_mask(manual_dir, sample) for sample in item.masks)

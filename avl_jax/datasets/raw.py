@@ -96,30 +96,54 @@ class ClipFiles:
   video: str | None = None
 
 
+class DirListing:
+  """`exists(path)` answered from one listing per directory, made on first use.
+
+  Locating 200k clips with per-file existence checks costs ~1M stat calls; on gs:// each is a request, so the
+  launcher of a Beam build would spend hours before any worker starts. One listing per folder costs a few paged
+  requests instead.
+  """
+
+  def __init__(self):
+    self._names: dict[str, frozenset[str]] = {}
+
+  def exists(self, path: epath.Path) -> bool:
+    parent = str(path.parent)
+    if parent not in self._names:
+      try:
+        self._names[parent] = frozenset(child.name for child in path.parent.iterdir())
+      except (FileNotFoundError, NotADirectoryError, OSError):
+        self._names[parent] = frozenset()
+    return path.name in self._names[parent]
+
+
 def find_clip_files(manual_dir: str, frame_name: str, audio_name: str, video_name: str,
-                    layout: str = "auto") -> ClipFiles:
+                    layout: str = "auto", listing: DirListing | None = None) -> ClipFiles:
   """Locates a clip: layout (a) `frames/<frame_name>.jpg` + `audio/<audio_name>.wav`, (b) `<video_name>.mp4`.
+
+  `listing` (one per build) answers the existence checks from directory listings instead of a stat per file.
 
   Raises:
     SkipError(missing_files): neither layout has the clip's files.
   """
+  exists = listing.exists if listing is not None else (lambda path: path.exists())
   root = epath.Path(manual_dir)
   frame = root / "frames" / f"{frame_name}.jpg"
   audio = root / "audio" / f"{audio_name}.wav"
-  if layout in ("auto", "frames") and frame.exists() and audio.exists():
+  if layout in ("auto", "frames") and exists(frame) and exists(audio):
     return ClipFiles(frame=str(frame), audio=str(audio))
   if layout in ("auto", "video"):
     for folder in VIDEO_DIRS:
       for extension in VIDEO_EXTENSIONS:
         video = (root / folder / f"{video_name}{extension}") if folder else root / f"{video_name}{extension}"
-        if video.exists():
+        if exists(video):
           return ClipFiles(video=str(video))
   if layout == "frames":
-    missing = [str(p) for p in (frame, audio) if not p.exists()]
+    missing = [str(p) for p in (frame, audio) if not exists(p)]
     raise SkipError("missing_files", missing[0], "layout 'frames': missing " + " and ".join(missing))
   if layout == "video":
     raise SkipError("missing_files", str(root / f"{video_name}.mp4"), "layout 'video': no mp4")
-  missing = [str(p) for p in (frame, audio) if not p.exists()]
+  missing = [str(p) for p in (frame, audio) if not exists(p)]
   raise SkipError("missing_files", missing[0], f"missing {' and '.join(missing)}, and no {video_name}.mp4")
 
 

@@ -170,6 +170,18 @@ def test_video_errors(tmp_path):
   with pytest.raises(raw.SkipError) as e:
     raw.decode_video(broken)
   assert e.value.reason == "unreadable_video"
+  import av  # pylint: disable=g-import-not-at-top
+  sound_only = str(tmp_path / "sound_only.mp4")  # an audio-only mp4 (e.g. a download without its picture)
+  with av.open(sound_only, "w", format="mp4") as container:
+    stream = container.add_stream("aac", rate=fake_raw.AUDIO_RATE)
+    stream.layout = "mono"
+    frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+    frame.sample_rate = fake_raw.AUDIO_RATE
+    for packet in list(stream.encode(frame)) + list(stream.encode()):
+      container.mux(packet)
+  with pytest.raises(raw.SkipError) as e:
+    raw.decode_video(sound_only)
+  assert e.value.reason == "no_video_track" and e.value.file == sound_only
 
 
 def test_find_clip_files_layouts(tmp_path):
@@ -259,16 +271,19 @@ def test_bad_annotation_files_name_the_file(tmp_path):
     metadata.read_rows(str(tmp_path / "d.csv"))
 
 
-def test_malformed_music_ids_are_skipped_as_malformed_rows(tmp_path):
-  """A row whose id is not {ytid}_{seg:03d}_{frame:05d} is skipped and reported, not a crash."""
+def test_malformed_ids_and_unknown_classes_are_skipped_and_reported(tmp_path):
+  """A row whose id is not {ytid}_{seg:03d}_{frame:05d}, or whose class is outside the vocabulary, is skipped
+  and reported, not a crash."""
   tree = fake_raw.make_tree("music", "solo", str(tmp_path / "raw"), "frames")
   train_list = pathlib.Path(tree.root) / "metadata" / "music_solo_train.txt"
   rows = train_list.read_text().splitlines()
-  train_list.write_text("\n".join(rows + ["not_a_frame_id,cello"]) + "\n")
+  good_id = rows[0].split(",")[0]
+  train_list.write_text("\n".join(rows + ["not_a_frame_id,cello", f"{good_id[:-5]}99999,theremin"]) + "\n")
   builder = fake_raw.build("music/solo", tree.root, str(tmp_path / "tfds"))
   report = builder_lib.read_report(os.path.join(builder.data_dir, "skipped_train.csv"))
-  bad = [row for row in report if row["id"] == "not_a_frame_id"]
-  assert len(bad) == 1 and bad[0]["reason"] == "malformed_row" and bad[0]["file"].endswith("music_solo_train.txt")
+  reasons = {row["id"]: (row["reason"], row["file"]) for row in report}
+  assert reasons["not_a_frame_id"][0] == "malformed_row" and reasons["not_a_frame_id"][1].endswith("train.txt")
+  assert reasons[f"{good_id[:-5]}99999"][0] == "unknown_class"
   assert builder.info.splits["train"].num_examples == len(tree.expected["train"])
 
 

@@ -4,10 +4,7 @@
 # the centre-prior and random baselines, and writes JSON results and heat-map PNGs to the workdir
 # (default workdirs/demo_avgn). Config arguments go to configs/synthetic_av.py, e.g. `tiny,steps=20` for a
 # one-minute smoke run on synthetic_av/tiny. AVL_DATA_DIR: where the dataset is built (default data/tfds).
-set -euo pipefail
-CALLER_DIR="$(pwd)"
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh" ""
-absolute() { case "$1" in /*) echo "$1" ;; *) realpath -m -- "$CALLER_DIR/$1" ;; esac; }
 WORKDIR="$(absolute "${1:-$REPO/workdirs/demo_avgn}")"
 DATA_DIR="$(absolute "${AVL_DATA_DIR:-$REPO/data/tfds}")"
 CONFIG="configs/synthetic_av.py:data_dir=$DATA_DIR${2:+,$2}"

@@ -2,8 +2,12 @@
 # and install avl_jax from setup.py with the given extras. Re-installs only when setup.py changed.
 #   source launch/env.sh EXTRAS     (pass "" for none: a bare `source` would hand over the caller's arguments)
 # AVL_SKIP_INSTALL=1 uses the python on PATH as is (no virtualenv set-up).
+# It changes directory to the repository; `absolute PATH` resolves a path given by the caller against the
+# directory the command was run from (URLs such as gs://... pass unchanged).
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+CALLER_DIR="${CALLER_DIR:-$(pwd)}"
+absolute() { case "$1" in *://*|/*) echo "$1" ;; *) realpath -m -- "$CALLER_DIR/$1" ;; esac; }
 if [ "${AVL_SKIP_INSTALL:-0}" != "1" ]; then
   VENV="${AVL_VENV:-$REPO/.venv}"
   PYTHON_BIN="${PYTHON:-python3.11}"

@@ -55,19 +55,14 @@ done
 [ "${#POSITIONAL[@]}" -ge 3 ] && [ "${#POSITIONAL[@]}" -le 4 ] || usage
 DATASET="${POSITIONAL[0]}" CONFIG="${POSITIONAL[1]}" MANUAL_DIR="${POSITIONAL[2]}"
 DATA_DIR="${POSITIONAL[3]:-$REPO/data/tfds}"
-# Relative local paths are relative to where the command was run (the set-up below changes directory).
-absolute() { case "$1" in *://*) echo "$1" ;; *) realpath -m -- "$1" ;; esac; }
-MANUAL_DIR="$(absolute "$MANUAL_DIR")" DATA_DIR="$(absolute "$DATA_DIR")"
 
-if [ "${AVL_SKIP_INSTALL:-0}" != "1" ]; then
-  if [ -n "$BEAM" ] || [ -n "$BEAM_OPTIONS" ]; then
-    # apache-beam 2.77 pins protobuf<7, Pillow<13, pyarrow<26: it gets its own virtualenv.
-    AVL_VENV="${AVL_BEAM_VENV:-$REPO/.venv-beam}" source "$REPO/launch/env.sh" beam,test
-  else
-    source "$REPO/launch/env.sh" ""
-  fi
+if [ -n "$BEAM" ] || [ -n "$BEAM_OPTIONS" ]; then
+  # apache-beam 2.77 pins protobuf<7, Pillow<13, pyarrow<26: it gets its own virtualenv.
+  AVL_VENV="${AVL_BEAM_VENV:-$REPO/.venv-beam}" source "$REPO/launch/env.sh" beam,test
+else
+  source "$REPO/launch/env.sh" ""
 fi
-cd "$REPO"
+MANUAL_DIR="$(absolute "$MANUAL_DIR")" DATA_DIR="$(absolute "$DATA_DIR")"
 
 if [ "$DEMO" = "1" ]; then
   echo "[avl_jax] writing a fake raw $DATASET/$CONFIG tree (mp4 layout) to $MANUAL_DIR"

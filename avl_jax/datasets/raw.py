@@ -112,7 +112,7 @@ class DirListing:
     if parent not in self._names:
       try:
         self._names[parent] = frozenset(child.name for child in path.parent.iterdir())
-      except (FileNotFoundError, NotADirectoryError, OSError):
+      except OSError:  # no such folder (FileNotFoundError, NotADirectoryError, ...): nothing in it
         self._names[parent] = frozenset()
     return path.name in self._names[parent]
 

@@ -59,7 +59,8 @@ def bundled_classes(variant: str) -> tuple[str, ...]:
 def _clip(frame_id: str, path: str) -> items_lib.Clip:
   """The clip of a MUSIC frame id `{ytid}_{seg:03d}_{frame:05d}`; SkipError(malformed_row) for another id."""
   if not metadata.is_music_frame_id(frame_id):
-    raise raw.SkipError("malformed_row", path, f"{frame_id!r} is not a MUSIC frame id {{ytid}}_{{seg:03d}}_{{frame:05d}}")
+    raise raw.SkipError("malformed_row", path,
+                        f"{frame_id!r} is not a MUSIC frame id {{ytid}}_{{seg:03d}}_{{frame:05d}}")
   video = metadata.music_video_id(frame_id)
   return items_lib.Clip(frame_name=frame_id, audio_name=video, video_name=video,
                         frame_index=metadata.music_frame_index(frame_id), shared_audio=True)

@@ -1,6 +1,6 @@
 """Audio front end that runs inside the jitted step (hosts only slice waveforms).
 
-AVGN's "log_mel_spectrogram" is a linear-frequency power spectrogram (spec/avgn.md §10):
+AVGN's "log_mel_spectrogram" is a linear-frequency power spectrogram (docs/avgn.md §10):
 `scipy.signal.spectrogram(w, fs=sr, nperseg=512, noverlap=274)` = periodic Tukey(0.25) window, hop 238,
 per-segment mean removed, nfft 512, one-sided, density scaling |X|^2 / (sr * sum(w^2)) with bins 1..255 doubled;
 then log(P + 1e-7) / 12.
@@ -94,5 +94,5 @@ def avgn_log_spectrogram(waveform: jnp.ndarray, sample_rate: float) -> jnp.ndarr
 
 
 def int16_to_float(waveform: np.ndarray) -> np.ndarray:
-  """PyAV-style s16 -> float: divide by 32767 and clip to [-1, 1] (spec/avgn.md §10)."""
+  """PyAV-style s16 -> float: divide by 32767 and clip to [-1, 1] (docs/avgn.md §10)."""
   return np.clip(waveform.astype(np.float32) / 32767.0, -1.0, 1.0)

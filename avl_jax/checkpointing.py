@@ -29,12 +29,8 @@ def create_manager(workdir: str, *, save_interval_steps: int = 1, max_to_keep: i
 
 def save(manager: ocp.CheckpointManager, step: int, state: Any, data_iter: Any | None, *,
          force: bool = False) -> bool:
-  """Saves state (and the grain iterator, if given); returns whether a checkpoint was written.
-
-  A state's `consts` (T-VSL's text bank: derived from the frozen weights and the config's class names) are not
-  saved; the restoring code recomputes them (`train.fill_consts`), so a changed class list still restores.
-  """
-  items = {"state": ocp.args.StandardSave(_without_consts(state))}
+  """Saves state (and the grain iterator, if given); returns whether a checkpoint was written."""
+  items = {"state": ocp.args.StandardSave(state)}
   if data_iter is not None:
     items["data_iter"] = grain.checkpoint.CheckpointSave(data_iter)
   saved = manager.save(step, args=ocp.args.Composite(**items), force=force)
@@ -43,23 +39,10 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, data_iter: Any |
   return saved
 
 
-def _without_consts(state: Any) -> Any:
-  return state.replace(consts={}) if getattr(state, "consts", None) else state
-
-
-def abstract_like(state: Any) -> Any:
-  """ShapeDtypeStructs (with shardings) of a concrete or abstract state."""
-  return jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)), state)
-
-
 def restore(manager: ocp.CheckpointManager, step: int, abstract_state: Any,
             data_iter: Any | None = None) -> Any:
-  """Restores the state at `step` onto `abstract_state`'s shardings; restores `data_iter` in place if given.
-
-  The returned state has empty `consts` (see `save`).
-  """
-  items = {"state": ocp.args.StandardRestore(_without_consts(abstract_state))}
+  """Restores the state at `step` onto `abstract_state`'s shardings; restores `data_iter` in place if given."""
+  items = {"state": ocp.args.StandardRestore(abstract_state)}
   if data_iter is not None:
     items["data_iter"] = grain.checkpoint.CheckpointRestore(data_iter)
   restored = manager.restore(step, args=ocp.args.Composite(**items))

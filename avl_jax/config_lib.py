@@ -3,13 +3,35 @@
 Every field is documented here once. Configs are `ml_collections.ConfigDict`s loaded with
 `config_flags.DEFINE_config_file(..., lock_config=True)`, so `--config.lerning_rate=1` fails with the valid keys.
 """
+import importlib.util
+import os
+import types
+
 import ml_collections
+
+from avl_jax.models.tvsl import params as tvsl_params
+
+
+def load_module(path: str) -> types.ModuleType:
+  """Imports a config file (configs/*.py) by path, as `config_flags.DEFINE_config_file` does."""
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"--config={path}: no such file.")
+  name = "avl_jax_config_" + os.path.splitext(os.path.basename(path))[0]
+  spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def load_config(path: str, arg: str = "") -> ml_collections.ConfigDict:
+  """`get_config(arg)` of a config file: what `--config=path:arg` gives the binaries (unlocked)."""
+  return load_module(path).get_config(arg)
 
 
 def parse_arg(arg: str | None, **defaults):
   """Parses a config argument string 'a=1,b=x,flag' into a ConfigDict with typed defaults.
 
-  Example: `--config=configs/avgn_synthetic.py:runlocal,steps=200`. A bare name sets a bool to True. Unknown
+  Example: `--config=configs/synthetic_av.py:tiny,steps=200`. A bare name sets a bool to True. Unknown
   names raise a ValueError listing the valid ones.
   """
   result = ml_collections.ConfigDict(defaults)
@@ -33,7 +55,7 @@ def parse_arg(arg: str | None, **defaults):
 
 
 def base_config() -> ml_collections.ConfigDict:
-  """Defaults shared by every experiment (the paper's AVGN recipe, spec/avgn.md §9)."""
+  """Defaults shared by every experiment (the paper's AVGN recipe, docs/avgn.md §9)."""
   config = ml_collections.ConfigDict()
   config.seed = 0  # One base RNG: parameter init, data order, augmentation, DropPath.
   # Weights to start from when the workdir has no checkpoint yet: a directory written by
@@ -54,7 +76,7 @@ def base_config() -> ml_collections.ConfigDict:
       drop_path=0.1,
       tau=0.03,                  # contrastive temperature (also the fixed-range map normalisation)
       attn_assign="soft",        # 'soft' (paper README) | 'hard' (Gumbel straight-through)
-      # Official-behaviour switches (spec avgn.md §2.3, §8). The official DDP run used per-GPU negatives and
+      # Official-behaviour switches (docs/avgn.md §2.3, §8). The official DDP run used per-GPU negatives and
       # per-GPU BatchNorm statistics; 1 = the whole global batch (our default, device-count independent),
       # k = split the global batch into k groups, e.g. the official run's GPU count.
       loss_groups=1,             # contrastive negatives per group of the batch
@@ -78,19 +100,19 @@ def base_config() -> ml_collections.ConfigDict:
       num_workers=2,       # grain worker processes (0: in-process)
       read_threads=2,      # decode threads per worker (read-ahead is 2 batches)
       worker_buffer_size=2,
-      # Eval of the real duet/multi datasets (spec/datasets.md §6-7):
+      # Eval of the real duet/multi datasets (docs/datasets.md §6-7):
       eval_mix_partner_audio=True,  # sum the fixed partner's audio into the test mixture (False: the official
                                     # vgginstruments_multi loader, which forgot it)
       per_source_frames=True,       # localize each source on its own frame (duet tests store both frames)
       image_norm="imagenet",  # 'imagenet' (AVGN's ResNet-18s) | 'clip' (AudioCLIP towers: T-VSL, avgn_audioclip)
       canvas=False,           # T-VSL training input: [own | partner] frames side by side (needs mix=True)
       eval_resize="pil",      # eval frame resize: 'pil' (AVGN: PIL bicubic) | 'torch_tensor' (T-VSL: PyTorch
-                              # tensor bicubic without antialias, spec tvsl.md §7)
+                              # tensor bicubic without antialias, docs/tvsl.md §7)
       normalize_on_device=True,  # training frames leave the hosts as uint8 and are normalised in the jitted
                                  # step (4x fewer bytes; False: normalised float32 from the hosts)
   ))
 
-  # T-VSL's class-text bank (avl_jax/tvsl_lib.py): sorted display names of the dataset's classes, encoded once
+  # T-VSL's class-text bank (avl_jax/families/tvsl_bank.py): sorted display names of the dataset's classes, encoded once
   # by the frozen AudioCLIP text tower. Only read by the text-conditioned models (tvsl, tvsl_single_stage).
   config.text = ml_collections.ConfigDict(dict(
       bpe_path=ml_collections.config_dict.placeholder(str),  # CLIP's bpe_simple_vocab_16e6.txt.gz (required)
@@ -111,6 +133,10 @@ def base_config() -> ml_collections.ConfigDict:
       weight_decay=0.0,     # coupled L2 as in torch.optim.Adam
       grad_clip_norm=0.0,   # 0: no clipping (official)
       cosine_epochs=0.0,    # 'cosine_tvsl' without num_epochs: the epochs the schedule spans (0: use num_epochs)
+      # Frozen parameters: a regex that must match a parameter's whole path ('a/b/kernel', avl_jax/param_rules.py);
+      # they get zero updates and no optimizer state. '' trains everything; the T-VSL configs freeze the
+      # AudioCLIP towers ('audioclip/.*'). A pattern that matches no parameter is an error.
+      frozen="",
   ))
 
   config.mesh = (("data", -1),)   # (axis, size) pairs; -1 = all remaining devices
@@ -120,15 +146,15 @@ def base_config() -> ml_collections.ConfigDict:
   config.eval_every_steps = 0     # periodic evaluation during training; 0 = only at the end
 
   config.eval = ml_collections.ConfigDict(dict(
-      protocol="official",   # metric protocol, spec/metrics.md §6: 'official' | 'standard'
+      protocol="official",   # metric protocol, docs/metrics.md §6: 'official' | 'standard'
       num_visualize=16,      # examples drawn in the heat-map PNG grid
       baselines=True,        # also score the centre-prior and uniform-random maps
       tvsl_threshold=0.3,    # T-VSL models: fixed binarisation threshold of the (inverted) min-max score
-      # Official AVGN vggsound_duet test GT (spec/metrics.md §2 defect i, needs protocol 'official'): source 0 is
+      # Official AVGN vggsound_duet test GT (docs/metrics.md §2 defect i, needs protocol 'official'): source 0 is
       # scored against the partner's GT, source 1 against the partner's partner's. On in configs/avgn_vggsound_duet.py
       # to reproduce the official numbers; the correct GT otherwise.
       avgn_duet_gt_bug=False,
-      # Official T-VSL validate_multi quirk (spec/metrics.md §2 defect ii, protocol 'official', canvas test sets):
+      # Official T-VSL validate_multi quirk (docs/metrics.md §2 defect ii, protocol 'official', canvas test sets):
       # source-2 boxes are shifted by +224 in place in cached arrays, so every validation after the first in a
       # run (persistent loader workers) scores source 2 against an empty GT. True reproduces those numbers.
       tvsl_stale_gt=False,
@@ -136,7 +162,7 @@ def base_config() -> ml_collections.ConfigDict:
   return config
 
 
-# The paper's AVGN settings (spec/avgn.md §9, spec/datasets.md §1): TFDS name, classes, mixing, eval splits.
+# The paper's AVGN settings (docs/avgn.md §9, docs/datasets.md §1): TFDS name, classes, mixing, eval splits.
 PAPER_SETTINGS = {
     "music_solo": dict(dataset="music/solo", num_classes=11, mix=False, max_sources=1),
     "music_duet": dict(dataset="music/duet", num_classes=8, mix=True, max_sources=2),
@@ -181,7 +207,7 @@ def avgn_paper_config(setting: str, arg: str | None) -> ml_collections.ConfigDic
   config.checkpoint_every_steps = 1000
   config.keep_checkpoints = 5
   config.log_every_steps = 100
-  # The official VGGSound-Duet numbers were scored against the partners' GT (spec/metrics.md §2).
+  # The official VGGSound-Duet numbers were scored against the partners' GT (docs/metrics.md §2).
   config.eval.avgn_duet_gt_bug = setting == "vggsound_duet"
   if args.runlocal:
     config.eval.avgn_duet_gt_bug = False  # synthetic_av has no fixed partners
@@ -208,7 +234,7 @@ def _runlocal_schedule(config: ml_collections.ConfigDict) -> None:
   config.eval.num_visualize = 2
 
 
-# T-VSL settings (spec tvsl.md §6-7): 44.1 kHz datasets (`*_44k` builder configs). Training always mixes a
+# T-VSL settings (docs/tvsl.md §6-7): 44.1 kHz datasets (`*_44k` builder configs). Training always mixes a
 # partner of another class and sees the [own | partner] canvas; eval sets with fixed partner frames
 # (vggsound/duet, vgginstruments/multi) are scored on the canvas, the others on the own frame.
 TVSL_SETTINGS = {
@@ -233,7 +259,7 @@ def tvsl_paper_config(setting: str, arg: str | None, *, model: str = "tvsl") -> 
   data_dir (str), epochs (float, default 100), bpe_path (str: CLIP's bpe_simple_vocab_16e6.txt.gz, needed by the
   text-conditioned models), model (str, one of TVSL_MODELS; default `model`).
 
-  Paper scale (spec tvsl.md §6): frozen AudioCLIP towers (start from the release: `init_from` a directory
+  Paper scale (docs/tvsl.md §6): frozen AudioCLIP towers (start from the release: `init_from` a directory
   converted with `--format=tvsl` from AudioCLIP-Full-Training.pt), Adam lr 0.01 with T-VSL's per-iteration
   cosine over 100 epochs, global batch 256, eval batch 128, [own | partner] 224x448 canvas of CLIP-normalised
   frames (short side 246, random 224 crop, flip), 5 s of 44.1 kHz audio (own + partner), oracle classes,
@@ -251,7 +277,7 @@ def tvsl_paper_config(setting: str, arg: str | None, *, model: str = "tvsl") -> 
   config = base_config()
   config.model_name = args.model
   if args.model == "avgn_audioclip":
-    # AVGN's grouping head (paper widths, spec avgn.md) on the frozen towers; one CLIP-normalised frame.
+    # AVGN's grouping head (paper widths, docs/avgn.md) on the frozen towers; one CLIP-normalised frame.
     config.model = ml_collections.ConfigDict(dict(
         dim=512, depth_vis=3, depth_aud=3, num_heads=8, mlp_ratio=4.0, drop_path=0.1, tau=0.03,
         attn_assign="soft", loss_groups=1, bn_groups=1, bn_mode="train_stats", audio_scale="official",
@@ -282,10 +308,11 @@ def tvsl_paper_config(setting: str, arg: str | None, *, model: str = "tvsl") -> 
   config.num_epochs = args.epochs
   config.optimizer.learning_rate = 0.01
   config.optimizer.schedule = "cosine_tvsl"
+  config.optimizer.frozen = tvsl_params.FROZEN_PARAMS  # the AudioCLIP towers (docs/tvsl.md §3)
   config.checkpoint_every_steps = 1000
   config.keep_checkpoints = 5
   config.log_every_steps = 100
-  if args.model == "avgn_audioclip":  # AVGN's own recipe for its head (spec avgn.md §9).
+  if args.model == "avgn_audioclip":  # AVGN's own recipe for its head (docs/avgn.md §9).
     config.optimizer.learning_rate = 1e-4
     config.optimizer.schedule = "constant"
     config.batch_size = 128

@@ -44,7 +44,7 @@ from avl_jax import eval_lib  # noqa: E402
 from avl_jax import input_pipeline  # noqa: E402
 from avl_jax import sharding  # noqa: E402
 from avl_jax import train  # noqa: E402
-from avl_jax import tvsl_lib  # noqa: E402
+from avl_jax.evaluation import writers  # noqa: E402
 from avl_jax.metrics import predictions  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -61,12 +61,12 @@ _POLL_SECONDS = flags.DEFINE_float("poll_seconds", 60.0, "With --watch: seconds 
 _WATCH_TIMEOUT = flags.DEFINE_float(
     "watch_timeout", 3600.0, "With --watch: stop after this many seconds without a new checkpoint.")
 _WEIGHTS = flags.DEFINE_string(
-    "weights", None, "Evaluate a converted-weights directory (written by `python -m avl_jax.convert`, e.g. an "
-    "official AVGN checkpoint) instead of a training checkpoint; it must hold every variable of the config's "
+    "weights", None, "Evaluate a converted-weights directory (written by `python -m avl_jax.convert` from "
+    "official weights) instead of a training checkpoint; it must hold every variable of the config's "
     "model. Results go to WORKDIR/eval/ as step 0. Not with --step or --all.")
 _SPLITS = flags.DEFINE_list("splits", None, "Eval splits (default: config.dataset.eval_splits).")
 _PROTOCOL = flags.DEFINE_enum(
-    "protocol", None, ["official", "standard"], "Metric protocol, spec/metrics.md §6 (default: "
+    "protocol", None, ["official", "standard"], "Metric protocol, docs/metrics.md §6 (default: "
     "config.eval.protocol; with --predictions: official).")
 _SAVE_PREDICTIONS = flags.DEFINE_boolean(
     "save_predictions", False, "Checkpoint mode: also export each split's raw maps and GT boxes to "
@@ -81,7 +81,7 @@ _OUTPUT = flags.DEFINE_string(
     "(and, if the file has frames, the PNG) are written beside it.", allow_override=True)
 _MAP_RANGE = flags.DEFINE_enum(
     "map_range", None, list(predictions.MAP_RANGES), "With --predictions: what the map values are: 'logits' "
-    "(AVGN, fixed range +-1/tau), 'unit' (scores in [0, 1]), 'minmax' (anything; per-map min-max). Default: the "
+    "(fixed range +-1/tau), 'unit' (scores in [0, 1]), 'minmax' (anything; per-map min-max). Default: the "
     "file's `map_range`, else minmax. Only the confidence (slavc_ap, f1) depends on it.")
 _TAU = flags.DEFINE_float("tau", None, "With --predictions and map_range=logits: temperature (default: the file's "
                           "`tau`, else 0.03).")
@@ -116,7 +116,7 @@ def read_ledger(workdir: str) -> dict[int, dict[str, Any]]:
 def write_ledger(workdir: str, ledger: dict[int, dict[str, Any]]) -> None:
   """Atomic rewrite (temporary file + rename), process 0 only: a kill never leaves a partial ledger."""
   if jax.process_index() == 0:
-    eval_lib.write_json(ledger_path(workdir), {str(step): ledger[step] for step in sorted(ledger)})
+    writers.write_json(ledger_path(workdir), {str(step): ledger[step] for step in sorted(ledger)})
 
 
 def pending_splits(ledger: dict[int, dict[str, Any]], step: int, splits, protocol: str) -> list[str]:
@@ -155,9 +155,9 @@ class CheckpointEvaluator:
   def _build(self):
     if self._built is None:
       mesh = sharding.create_mesh(self.config.mesh)
-      model, _, _, _, abstract_state = train.build(self.config, mesh)
-      localize_fn = eval_lib.make_localize_fn(self.config, model, mesh)
-      self._built = (mesh, model, abstract_state, localize_fn)
+      setup = train.build(self.config, mesh)
+      localize_fn = eval_lib.make_localize_fn(self.config, setup.model, mesh)
+      self._built = (mesh, setup, localize_fn)
       self._writer = metric_writers.create_default_writer(
           os.path.join(self.workdir, "eval", "tensorboard"), just_logging=jax.process_index() > 0,
           asynchronous=False)
@@ -166,13 +166,13 @@ class CheckpointEvaluator:
   def evaluate(self, step: int, splits: list[str] | None = None) -> dict[str, Any]:
     """Restores `step`, evaluates `splits` (default: every configured one), records them; {split: result}."""
     splits = list(self.config.dataset.eval_splits if splits is None else splits)
-    mesh, model, abstract_state, localize_fn = self._build()
+    mesh, setup, localize_fn = self._build()
     start = time.time()
-    state = checkpointing.restore(self.manager, step, abstract_state)
-    state = train.fill_consts(self.config, model, state, mesh)  # T-VSL: the text bank (not in checkpoints)
-    with mesh:
-      results = eval_lib.evaluate_all(self.config, model, state.variables, mesh, self.workdir, step, self._writer,
-                                      splits=splits, localize_fn=localize_fn,
+    state = checkpointing.restore(self.manager, step, setup.abstract_state)
+    consts = train.make_consts(setup, state.params, mesh)  # the family's constants (never checkpointed)
+    with jax.set_mesh(mesh):
+      results = eval_lib.evaluate_all(self.config, setup.model, state.variables, mesh, self.workdir, step,
+                                      self._writer, consts=consts, splits=splits, localize_fn=localize_fn,
                                       save_predictions=self.save_predictions)
     self._writer.flush()
     protocol = self.config.eval.protocol
@@ -216,8 +216,8 @@ def evaluate_weights(config, workdir: str, weights_dir: str, *, save_predictions
     ValueError: the weights do not fit the model (a name or shape it lacks, or variables it needs missing).
   """
   mesh = sharding.create_mesh(config.mesh)
-  model, _, _, _, abstract_state = train.build(config, mesh)
-  abstract = {"params": abstract_state.params, "batch_stats": abstract_state.batch_stats}
+  setup = train.build(config, mesh)
+  abstract = {"params": setup.abstract_state.params, "batch_stats": setup.abstract_state.batch_stats}
   target = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), abstract)
   loaded, metadata = checkpointing.load_variables(weights_dir)
   variables, count = checkpointing.merge_variables(target, loaded, origin=f"--weights={weights_dir}")
@@ -229,11 +229,9 @@ def evaluate_weights(config, workdir: str, weights_dir: str, *, save_predictions
   logging.info("Evaluating converted weights %s (format %s, source %s).", weights_dir, metadata.get("format"),
                metadata.get("source"))
   variables = jax.device_put(variables, sharding.replicated(mesh))
-  if train.is_text_model(config):  # T-VSL: the text bank is not in a checkpoint; encode it with these towers.
-    variables["consts"] = jax.device_put(tvsl_lib.make_consts(config, model, variables["params"]),
-                                         sharding.replicated(mesh))
-  with mesh:
-    return eval_lib.evaluate_all(config, model, variables, mesh, workdir, 0, None,
+  consts = train.make_consts(setup, variables["params"], mesh)
+  with jax.set_mesh(mesh):
+    return eval_lib.evaluate_all(config, setup.model, variables, mesh, workdir, 0, None, consts=consts,
                                  save_predictions=save_predictions)
 
 
@@ -340,7 +338,7 @@ def _check_flags() -> None:
 def _print_results(results: dict[str, Any]) -> None:
   for split, result in results.items():
     print(f"\n{split} (step {result['step']}, {result['num_examples']} examples, {result['num_items']} sources, "
-          f"protocol {result['protocol']}):\n{eval_lib.format_table(result)}")
+          f"protocol {result['protocol']}):\n{writers.format_table(result)}")
 
 
 def _fail(error: Exception, code: int) -> None:

@@ -41,7 +41,7 @@ from avl_jax.metrics import postprocess
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
-# CLIP's normalisation (T-VSL and AVGN on AudioCLIP encoders, spec tvsl.md §7).
+# CLIP's normalisation (T-VSL and AVGN on AudioCLIP encoders, docs/tvsl.md §7).
 CLIP_MEAN = np.array([0.48145466, 0.4578275, 0.40821073], np.float32)
 CLIP_STD = np.array([0.26862954, 0.26130258, 0.27577711], np.float32)
 IMAGE_NORMS = {"imagenet": (IMAGENET_MEAN, IMAGENET_STD), "clip": (CLIP_MEAN, CLIP_STD)}
@@ -159,7 +159,7 @@ def eval_image(image: Image.Image, cfg: "DataConfig") -> tuple[np.ndarray, Image
   """The eval frame: (normalised [S, S, 3] float32, the PIL frame at S x S for display and uint8 output).
 
   eval_resize 'pil' (AVGN's loaders): PIL bicubic resize (antialiased when shrinking), then normalise.
-  'torch_tensor' (T-VSL's test transform, spec tvsl.md §7): the frame as a float tensor in [0, 1], resized by
+  'torch_tensor' (T-VSL's test transform, docs/tvsl.md §7): the frame as a float tensor in [0, 1], resized by
   PyTorch's tensor bicubic (A = -0.75, no antialias, values not clamped), then normalised.
   """
   size = (cfg.image_size, cfg.image_size)
@@ -194,7 +194,7 @@ def denormalize_image(image: np.ndarray, norm: str = "imagenet") -> np.ndarray:
 
 
 def audio_window(record: dict[str, Any], sample_rate: int, num_samples: int) -> np.ndarray:
-  """Centre window of `num_samples` int16 samples, tiled when the clip is shorter (spec/avgn.md §10)."""
+  """Centre window of `num_samples` int16 samples, tiled when the clip is shorter (docs/avgn.md §10)."""
   rate = int(record["sample_rate"])
   if rate != sample_rate:
     raise DataError(f"Example {_example_id(record)}: sample rate {rate} Hz, the config expects "
@@ -265,7 +265,7 @@ def _one_hot(index: int, num_classes: int) -> np.ndarray:
 
 
 class TrainDecode(grain.transforms.RandomMap):
-  """Decode + augment (spec/avgn.md §11): resize the short side, random crop, random horizontal flip."""
+  """Decode + augment (docs/avgn.md §11): resize the short side, random crop, random horizontal flip."""
 
   def __init__(self, cfg: DataConfig):
     self.cfg = cfg
@@ -302,7 +302,7 @@ def augment_frame(image: Image.Image, cfg: DataConfig, rng: np.random.Generator)
 
 
 class MixWithPartner(grain.transforms.RandomMap):
-  """Training-time mixing (spec/avgn.md §12): add the waveform of a random partner of a different class.
+  """Training-time mixing (docs/avgn.md §12): add the waveform of a random partner of a different class.
 
   The partner is uniform over all training examples whose primary class differs (O(1) per draw from a
   class-sorted index); the image stays the element's own frame; audio_label becomes own + partner and
@@ -334,7 +334,7 @@ class MixWithPartner(grain.transforms.RandomMap):
     out["waveform"] = element["waveform"] + partner  # Raw sum, no rescaling (official behaviour).
     out["audio_label"] = element["audio_label"] + _one_hot(partner_class, self.cfg.num_classes)
     out["source_class"] = np.array([own, partner_class], np.int32)
-    if self.cfg.canvas:  # T-VSL: [own | partner] on the width, each frame augmented on its own (spec tvsl.md §7).
+    if self.cfg.canvas:  # T-VSL: [own | partner] on the width, each frame augmented on its own (docs/tvsl.md §7).
       partner_image = augment_frame(decode_frame(record), self.cfg, rng)
       out["image"] = np.concatenate([element["image"], train_pixels(partner_image, self.cfg)], axis=1)
     return out
@@ -397,7 +397,7 @@ def create_train_dataset(config: ml_collections.ConfigDict, per_host_batch: int,
   if len(source) == 0:
     raise DataError(f"Split {ds_config.train_split!r} of {ds_config.name!r} is empty on this host.")
   if cfg.canvas and not ds_config.mix:
-    raise DataError("config.dataset.canvas=True (T-VSL's [own | partner] training canvas) needs "
+    raise DataError("config.dataset.canvas=True (the [own | partner] training canvas) needs "
                     "config.dataset.mix=True: the partner supplies the second frame and sound.")
   tfds_source, source = source, train_records(source)
   dataset = grain.MapDataset.source(source).seed(seed).shuffle().repeat()
@@ -417,7 +417,7 @@ def create_train_dataset(config: ml_collections.ConfigDict, per_host_batch: int,
 
 
 class EvalDecode(grain.transforms.Map):
-  """Deterministic eval decode: resize to a square (spec/avgn.md §11), window the audio, pad the sources.
+  """Deterministic eval decode: resize to a square (docs/avgn.md §11), window the audio, pad the sources.
 
   Outputs per example: image [S', S', 3] (the own frame) and image_uint8, waveform [N], source_class [S],
   boxes [NB, 4], box_source [NB], id [64], mask; with a real dataset also source_image [S, S', S', 3] (with
@@ -498,7 +498,7 @@ def _real_eval_features(record: dict[str, Any], normalized: np.ndarray, num_sour
   out["partner_id"] = partner_id
   if cfg.per_source_frames:
     # Source 0 is the own frame; source 1 the partner's frame when the example stores one (fixed duet pairs),
-    # else the same frame (MUSIC's natural duets: "same frame twice", spec/datasets.md §6). Padding: own frame.
+    # else the same frame (MUSIC's natural duets: "same frame twice", docs/datasets.md §6). Padding: own frame.
     frames = [normalized] * cfg.max_sources
     for s, partner_frame in enumerate(record.get("partner_frame", [])[:cfg.max_sources - 1]):
       frames[s + 1] = eval_image(Image.fromarray(np.asarray(partner_frame, np.uint8)).convert("RGB"), cfg)[0]
@@ -508,7 +508,7 @@ def _real_eval_features(record: dict[str, Any], normalized: np.ndarray, num_sour
     gt = np.zeros((cfg.max_sources, gt_maps.GT_SIZE, gt_maps.GT_SIZE), np.float32)
     has = np.zeros((cfg.max_sources,), np.float32)
     for s, mask in enumerate(masks[:min(num_sources, cfg.max_sources)]):
-      # OpenCV INTER_NEAREST to 224 x 224, values as stored (spec/metrics.md §2); binarising is the metric's job.
+      # OpenCV INTER_NEAREST to 224 x 224, values as stored (docs/metrics.md §2); binarising is the metric's job.
       gt[s] = gt_maps.resize_mask_nearest(np.asarray(mask)[..., 0]).astype(np.float32)
       has[s] = 1.0
     out["gt_mask"], out["has_gt_mask"] = gt, has

@@ -1,6 +1,6 @@
 r"""Training binary.
 
-  python -m avl_jax.main --config=configs/avgn_synthetic.py --workdir=/tmp/avgn
+  python -m avl_jax.main --config=configs/synthetic_av.py --workdir=workdirs/avgn_synthetic
 
 Flags: --config (a config file, optionally `:arg` string; override any field with --config.FIELD=VALUE; an
 unknown field is an error), --distributed (multi-host), --workdir (checkpoints, TensorBoard logs, config.json and

@@ -10,12 +10,12 @@ from its checkpoints; a finished cell is not retrained, only its final evaluatio
 TABLE7_COLUMNS) from each cell's final eval JSON.
 """
 import glob
-import importlib.util
 import json
 import os
 
 from absl import logging
 
+from avl_jax import config_lib
 from avl_jax import train
 
 # (setting, column title, metric key) of the T-VSL supplementary's Table 7.
@@ -28,11 +28,7 @@ TABLE7_COLUMNS = (
 )
 
 def load_module(path: str):
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"--config={path}: no such file.")
-  spec = importlib.util.spec_from_file_location("avl_jax_sweep_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
+  module = config_lib.load_module(path)
   if not hasattr(module, "get_sweep"):
     raise ValueError(f"--config={path} has no get_sweep(arg): it is not a sweep config.")
   return module

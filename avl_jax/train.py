@@ -3,12 +3,14 @@
 Start order: the workdir's own latest checkpoint (resume) -> config.init_from (converted weights, e.g. ImageNet
 ResNet-18, on top of a fresh init) -> scratch.
 """
+import dataclasses
 import functools
 import json
 import math
 import os
 import signal
 import threading
+import time
 from typing import Any
 
 from absl import logging
@@ -24,14 +26,13 @@ import ml_collections
 import numpy as np
 import optax
 
-from avl_jax import audio
 from avl_jax import checkpointing
 from avl_jax import eval_lib
+from avl_jax import families
 from avl_jax import input_pipeline
-from avl_jax import models
+from avl_jax import optimizers
+from avl_jax import param_rules
 from avl_jax import sharding
-from avl_jax import tvsl_lib
-from avl_jax.models.tvsl import params as tvsl_params
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -45,118 +46,32 @@ class TrainState:
   batch_stats: Any
   opt_state: Any
   rng: jax.Array  # raw uint32 key; per-step keys are fold_in(rng, step)
-  # Constant inputs of the model that are not parameters (T-VSL: the encoded text bank and the label -> bank
-  # row table, `tvsl_lib`); {} for the AVGN family. Not checkpointed: recomputed from the frozen text tower
-  # on every start (`fill_consts`), so the same bank comes back and extra zero-shot classes can be added.
-  consts: Any = flax.struct.field(default_factory=dict)
 
   @property
   def variables(self) -> dict[str, Any]:
-    variables = {"params": self.params, "batch_stats": self.batch_stats}
-    if self.consts:
-      variables["consts"] = self.consts
-    return variables
+    return {"params": self.params, "batch_stats": self.batch_stats}
 
 
-# ---------------------------------------------------------------------------------------------- model / optimizer
+# ---------------------------------------------------------------------------------------------- model / state
 
-def is_text_model(config: ml_collections.ConfigDict) -> bool:
-  return config.model_name in models.TEXT_MODELS
-
-
-def create_model(config: ml_collections.ConfigDict):
-  fields = config.model.to_dict()
-  if config.model.get("dtype"):
-    fields["dtype"] = jnp.dtype(config.model.dtype)
-  if config.model_name in models.FROZEN_TOWER_MODELS:
-    tvsl_lib.check_model_config(config)
-  model_class = models.MODELS.get(config.model_name)
-  if model_class is not None and "num_classes" in models.model_fields(model_class):
-    fields["num_classes"] = config.dataset.num_classes
-  return models.get_model(config.model_name, **fields)
-
-
-def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
-  opt = config.optimizer
-  if opt.schedule == "constant":
-    return optax.constant_schedule(opt.learning_rate)
-  if opt.schedule == "cosine":
-    return optax.warmup_cosine_decay_schedule(
-        init_value=0.0, peak_value=opt.learning_rate, warmup_steps=opt.warmup_steps,
-        decay_steps=max(config.num_train_steps, opt.warmup_steps + 1))
-  if opt.schedule == "cosine_tvsl":
-    # T-VSL's per-iteration cosine over epochs counted from 1 (spec tvsl.md §6): lr = lr0 / 2 (1 + cos(pi e / E)),
-    # e = 1 + step / steps_per_epoch in [1, E + 1), no warm-up.
-    epochs = config.get("num_epochs") or opt.get("cosine_epochs")
-    if not epochs:
-      raise ValueError("config.optimizer.schedule='cosine_tvsl' counts epochs: set config.num_epochs (or "
-                       "config.optimizer.cosine_epochs when training by steps).")
-    steps_per_epoch = config.num_train_steps / epochs
-    return lambda step: opt.learning_rate * 0.5 * (1 + jnp.cos(jnp.pi * (1 + step / steps_per_epoch) / epochs))
-  raise ValueError(f"config.optimizer.schedule={opt.schedule!r}; expected 'constant', 'cosine' or 'cosine_tvsl'.")
-
-
-def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-  """Adam as torch.optim.Adam (coupled L2 weight decay), optional global-norm clipping."""
-  opt = config.optimizer
-  chain = []
-  if opt.grad_clip_norm > 0:
-    chain.append(optax.clip_by_global_norm(opt.grad_clip_norm))
-  if opt.weight_decay > 0:
-    chain.append(optax.add_decayed_weights(opt.weight_decay))
-  chain.append(optax.scale_by_adam(b1=opt.b1, b2=opt.b2, eps=opt.eps))
-  chain.append(optax.scale_by_learning_rate(learning_rate_schedule(config)))
-  tx = optax.chain(*chain)
-  if config.model_name in models.FROZEN_TOWER_MODELS:
-    # The frozen AudioCLIP towers get zero updates and no optimizer state (spec tvsl.md §3).
-    tx = optax.multi_transform({tvsl_params.TRAINABLE: tx, tvsl_params.FROZEN: optax.set_to_zero()},
-                               tvsl_params.param_labels)
-  return tx
-
-
-def num_samples(config: ml_collections.ConfigDict) -> int:
-  return int(round(config.dataset.audio_seconds * config.dataset.sample_rate))
-
-
-def dummy_inputs(config: ml_collections.ConfigDict, batch: int):
-  ds = config.dataset
-  if is_text_model(config):
-    consts = tvsl_lib.abstract_consts(config, config.model.get("embed_dim", 1024))
-    return dict(canvas=jnp.zeros((batch, ds.image_size, 2 * ds.image_size, 3), jnp.float32),
-                waveform=jnp.zeros((batch, num_samples(config)), jnp.float32),
-                text_bank=jnp.asarray(consts["text_bank"]),
-                class_rows=jnp.zeros((batch, 2), jnp.int32))
-  if config.model_name in models.WAVEFORM_INPUT:
-    spec = jnp.zeros((batch, num_samples(config)), jnp.float32)
-  else:
-    spec = jnp.zeros((batch, 257, audio.num_frames(num_samples(config)), 1), jnp.float32)
-  return dict(
-      image=jnp.zeros((batch, ds.image_size, ds.image_size, 3), jnp.float32),
-      spec=spec,
-      visual_class=jnp.zeros((batch,), jnp.int32),
-      audio_label=jnp.zeros((batch, ds.num_classes), jnp.float32))
-
-
-def init_state(config: ml_collections.ConfigDict, model, tx, rng: jax.Array) -> TrainState:
+def init_state(config: ml_collections.ConfigDict, family: families.Family, model, tx, rng: jax.Array) -> TrainState:
   init_rng, state_rng = jax.random.split(rng)
   # Parameter init draws from an 'rbg' key: XLA compiles hundreds of threefry initialisers very slowly on CPU
   # (a tiny AVGN's init: ~77 s vs ~16 s). Init is replicated, so the values do not depend on the mesh.
   init_key = jax.random.key(jax.random.randint(init_rng, (), 0, jnp.iinfo(jnp.int32).max), impl="rbg")
-  variables = model.init({"params": init_key}, **dummy_inputs(config, 2), train=False)
+  variables = model.init({"params": init_key}, **family.dummy_inputs(config, 2), train=False)
   params = variables["params"]
-  consts = {}
-  if is_text_model(config):  # Placeholders of the right shapes; `fill_consts` encodes the bank after init.
-    consts = jax.tree.map(jnp.asarray, tvsl_lib.abstract_consts(config, config.model.get("embed_dim", 1024)))
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=variables.get("batch_stats", {}),
-                    opt_state=tx.init(params), rng=state_rng, consts=consts)
+                    opt_state=tx.init(params), rng=state_rng)
 
 
-def fill_consts(config: ml_collections.ConfigDict, model, state: TrainState, mesh) -> TrainState:
-  """T-VSL: encodes the text bank with the (frozen, possibly just loaded) text tower; a no-op otherwise."""
-  if not is_text_model(config):
-    return state
-  consts = tvsl_lib.make_consts(config, model, state.params)
-  return state.replace(consts=jax.device_put(consts, sharding.replicated(mesh)))
+def make_consts(setup: "TrainSetup", params: Any, mesh) -> dict[str, Any]:
+  """The family's constant model inputs (e.g. a text bank encoded by frozen towers), replicated on `mesh`.
+
+  Computed from the (initialised, converted or restored) parameters on every start; never checkpointed.
+  """
+  consts = setup.family.make_consts(setup.config, setup.model, params)
+  return jax.device_put(consts, sharding.replicated(mesh))
 
 
 def apply_init_from(state: TrainState, path: str, mesh) -> TrainState:
@@ -174,35 +89,20 @@ def apply_init_from(state: TrainState, path: str, mesh) -> TrainState:
 
 # ------------------------------------------------------------------------------------------------------- step
 
-def spectrogram(config: ml_collections.ConfigDict, waveform: jax.Array) -> jax.Array:
-  return audio.avgn_log_spectrogram(waveform, config.dataset.sample_rate)
+def train_step(state: TrainState, batch: dict[str, jax.Array], consts: dict[str, Any], *, model, tx, config,
+               family: families.Family) -> tuple[TrainState, dict]:
+  """One optimizer step on a global batch; returns the new state and scalar metrics.
 
-
-def train_step(state: TrainState, batch: dict[str, jax.Array], *, model, tx, config) -> tuple[TrainState, dict]:
-  """One optimizer step on a global batch; returns the new state and scalar metrics."""
+  `consts` are the family's constant inputs (`make_consts`), replicated; {} for most models.
+  """
   rng = jax.random.fold_in(state.rng, state.step)
   dropout_rng, gumbel_rng = jax.random.split(rng)
   rngs = {"dropout": dropout_rng, "gumbel": gumbel_rng}
   # uint8 frames from the hosts (dataset.normalize_on_device) are normalised here, on the devices.
   batch = dict(batch, image=input_pipeline.device_normalize_image(batch["image"], config.dataset.image_norm))
 
-  if is_text_model(config):
-    # T-VSL: canvas [own | partner], the mixture, the sources' classes as bank rows (conditioning) and as
-    # dataset labels (the loss targets under label_order='official').
-    class_rows = tvsl_lib.rows_of(state.consts["class_rows"], batch["source_class"])
-
-    def apply(params):
-      return model.apply({"params": params, "batch_stats": state.batch_stats}, batch["image"], batch["waveform"],
-                         state.consts["text_bank"], class_rows, batch["source_class"], train=True, rngs=rngs,
-                         mutable=["batch_stats"])
-  else:
-    spec = batch["waveform"] if config.model_name in models.WAVEFORM_INPUT else spectrogram(
-        config, batch["waveform"])
-
-    def apply(params):
-      return model.apply({"params": params, "batch_stats": state.batch_stats}, batch["image"], spec,
-                         batch["visual_class"], batch["audio_label"], train=True, rngs=rngs,
-                         mutable=["batch_stats"])
+  def apply(params):
+    return family.train_apply(model, {"params": params, "batch_stats": state.batch_stats}, consts, batch, rngs)
 
   def loss_fn(params):
     (losses, _), new_model_state = apply(params)
@@ -212,14 +112,11 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model, tx, con
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   metrics = dict(losses)
-  if config.model_name in models.FROZEN_TOWER_MODELS:  # norms of what trains (the towers' grads are zero)
-    mask = tvsl_params.trainable_mask(params)
-    metrics["grad_norm"] = optax.global_norm(jax.tree.map(lambda g, m: g if m else 0.0, grads, mask))
-    metrics["param_norm"] = optax.global_norm(jax.tree.map(lambda p, m: p if m else 0.0, params, mask))
-  else:
-    metrics["grad_norm"] = optax.global_norm(grads)
-    metrics["param_norm"] = optax.global_norm(params)
-  metrics["learning_rate"] = learning_rate_schedule(config)(state.step)
+  # Norms of what trains (frozen parameters' gradients are not applied).
+  frozen = param_rules.frozen_mask(params, config.optimizer.get("frozen"))
+  metrics["grad_norm"] = optax.global_norm(jax.tree.map(lambda g, f: 0.0 if f else g, grads, frozen))
+  metrics["param_norm"] = optax.global_norm(jax.tree.map(lambda p, f: 0.0 if f else p, params, frozen))
+  metrics["learning_rate"] = optimizers.learning_rate_schedule(config)(state.step)
   new_state = state.replace(step=state.step + 1, params=params,
                             batch_stats=new_model_state.get("batch_stats", state.batch_stats), opt_state=opt_state)
   return new_state, metrics
@@ -231,21 +128,45 @@ def make_metrics_collection(metric_names):
 
 # ------------------------------------------------------------------------------------------------------- loop
 
-def build(config: ml_collections.ConfigDict, mesh):
+@dataclasses.dataclass(frozen=True)
+class TrainSetup:
+  """What `build` makes for a config on a mesh.
+
+  Attributes:
+    config: the config it was built from.
+    family: the model's family (`avl_jax.families`).
+    model: the Flax module.
+    tx: the optimizer.
+    init_fn: jitted rng -> TrainState, already sharded.
+    step_fn: jitted (state, global batch, consts) -> (state, metrics); donates the state.
+    abstract_state: ShapeDtypeStructs of the state with its shardings (the restore target).
+  """
+  config: ml_collections.ConfigDict
+  family: families.Family
+  model: Any
+  tx: optax.GradientTransformation
+  init_fn: Any
+  step_fn: Any
+  abstract_state: Any
+
+
+def build(config: ml_collections.ConfigDict, mesh) -> TrainSetup:
   """Model, optimizer, abstract sharded state and the jitted train step for `config` on `mesh`."""
-  model = create_model(config)
-  tx = create_optimizer(config)
-  init_fn = functools.partial(init_state, config, model, tx)
+  family = families.of(config)
+  model = family.create_model(config)
+  tx = optimizers.create_optimizer(config)
+  init_fn = functools.partial(init_state, config, family, model, tx)
   abstract = jax.eval_shape(init_fn, jax.random.PRNGKey(0))
   state_sharding = jax.tree.map(lambda _: sharding.replicated(mesh), abstract)
   init_jit = jax.jit(init_fn, out_shardings=state_sharding)
   step_fn = jax.jit(
-      functools.partial(train_step, model=model, tx=tx, config=config),
-      in_shardings=(state_sharding, sharding.data_sharding(mesh)),
+      functools.partial(train_step, model=model, tx=tx, config=config, family=family),
+      in_shardings=(state_sharding, sharding.data_sharding(mesh), sharding.replicated(mesh)),
       out_shardings=(state_sharding, sharding.replicated(mesh)),
       donate_argnums=0)
   abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, state_sharding)
-  return model, tx, init_jit, step_fn, abstract
+  return TrainSetup(config=config, family=family, model=model, tx=tx, init_fn=init_jit, step_fn=step_fn,
+                    abstract_state=abstract)
 
 
 def _check_finite(metrics: dict[str, Any], step: int, workdir: str) -> None:
@@ -320,7 +241,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   per_host_batch = sharding.per_host_batch_size(config.batch_size, mesh)
 
   # Model, optimizer, state.
-  model, _, init_jit, step_fn, abstract_state = build(config, mesh)
+  setup = build(config, mesh)
   rng = jax.random.PRNGKey(config.seed)
   data_seed, param_seed = (int(x) for x in jax.random.randint(rng, (2,), 0, 2**31 - 1))
 
@@ -333,22 +254,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                                          max_to_keep=config.keep_checkpoints)
   latest = manager.latest_step()
   if latest is not None:
-    state = checkpointing.restore(manager, latest, abstract_state, train_iter)
+    state = checkpointing.restore(manager, latest, setup.abstract_state, train_iter)
     logging.info("Resumed from step %d in %s.", latest, workdir)
   else:
-    state = init_jit(jax.random.PRNGKey(param_seed))
+    state = setup.init_fn(jax.random.PRNGKey(param_seed))
     logging.info("Initialised from scratch (seed %d).", config.seed)
     if config.init_from:
       state = apply_init_from(state, config.init_from, mesh)
-  state = fill_consts(config, model, state, mesh)  # T-VSL: the text bank of the (restored) frozen text tower
+  consts = make_consts(setup, state.params, mesh)
   start_step = int(state.step)
   if start_step == 0:
     logging.info("Parameter overview:\n%s", parameter_overview.get_parameter_overview(state.params))
-  num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
+  num_params = param_rules.count(state.params)
   logging.info("Model %s with %s parameters.", config.model_name, f"{num_params:,}")
-  if config.model_name in models.FROZEN_TOWER_MODELS:
-    logging.info("Trainable (outside the frozen AudioCLIP towers): %s.",
-                 f"{tvsl_params.count_params(state.params, trainable=True):,}")
+  if config.optimizer.get("frozen"):
+    frozen = param_rules.frozen_mask(state.params, config.optimizer.frozen)
+    logging.info("Trainable (outside config.optimizer.frozen=%r): %s.", config.optimizer.frozen,
+                 f"{param_rules.count(state.params, frozen, frozen=False):,}")
   writer.write_hparams({k: v for k, v in flatten_config(config).items()})
 
   report = periodic_actions.ReportProgress(num_train_steps=config.num_train_steps, writer=writer)
@@ -356,11 +278,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   collection = None
   pending = None  # (metrics, step) of the previous step, checked one step late so dispatch stays async.
   step = start_step
-  with mesh, StopRequest() as stop:
+  with jax.set_mesh(mesh), StopRequest() as stop:
     while step < config.num_train_steps:
       with jax.profiler.StepTraceAnnotation("train", step_num=step):
         batch = sharding.host_to_global(next(train_iter), mesh)
-        state, metrics = step_fn(state, batch)
+        if step == start_step:
+          logging.info("Compiling the train step (the first step waits for it)...")
+          compile_start = time.perf_counter()
+        state, metrics = setup.step_fn(state, batch, consts)
+        if step == start_step:
+          jax.block_until_ready(metrics)
+          logging.info("First train step done in %.1f s (compilation included).", time.perf_counter() - compile_start)
       step += 1
       if pending is not None:
         _check_finite(*pending, workdir)
@@ -387,11 +315,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         return {}
       if config.eval_every_steps and step % config.eval_every_steps == 0 and step < config.num_train_steps:
         with report.timed("eval"):
-          eval_lib.evaluate_all(config, model, state.variables, mesh, workdir, step, writer=writer)
+          eval_lib.evaluate_all(config, setup.model, state.variables, mesh, workdir, step, writer=writer,
+                                consts=consts)
     if pending is not None:
       _check_finite(*pending, workdir)
     manager.wait_until_finished()
-    results = eval_lib.evaluate_all(config, model, state.variables, mesh, workdir, step, writer=writer)
+    results = eval_lib.evaluate_all(config, setup.model, state.variables, mesh, workdir, step, writer=writer,
+                                    consts=consts)
   writer.flush()
   return results
 

@@ -15,7 +15,7 @@ Smoke run (synthetic_av/tiny, tiny model, 2 steps; what the test suite runs):
   python -m avl_jax.main --config=configs/avgn_music_solo.py:runlocal,data_dir=/tmp/tfds --workdir=/tmp/avgn_music_solo
 
 Arguments: runlocal (bool), data_dir (str), epochs (float, default 100). Recipe: avl_jax.config_lib.avgn_paper_config.
-Paper numbers (AVGN, MUSIC-Solo AP / IoU@0.5 / AUC): not verified from the paper PDF (spec/datasets.md §8).
+Paper numbers (AVGN, MUSIC-Solo AP / IoU@0.5 / AUC): not verified from the paper PDF (docs/datasets.md §8).
 """
 from avl_jax import config_lib
 

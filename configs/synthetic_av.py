@@ -17,7 +17,7 @@ import ml_collections
 
 from avl_jax import config_lib
 
-# tau: the official 0.03 divides an *unnormalised* class vector (norm ~23 at init, spec avgn.md §6), so the
+# tau: the official 0.03 divides an *unnormalised* class vector (norm ~23 at init, docs/avgn.md §6), so the
 # logits span about +-700 and the contrastive softmax saturates; from scratch on a CPU budget that barely learns
 # (measured, test_duet after 500 steps: tau 0.03 -> pixel AP 0.21, cIoU 0.14; tau 0.3 -> 0.45, 0.24). The paper
 # configs keep 0.03.

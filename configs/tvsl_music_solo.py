@@ -1,4 +1,4 @@
-r"""T-VSL on MUSIC-Solo (11 instruments; the official T-VSL code has no working MUSIC path, spec tvsl.md §12): the official recipe.
+r"""T-VSL on MUSIC-Solo (11 instruments; the official T-VSL code has no working MUSIC path, docs/tvsl.md §12): the official recipe.
 
 Prepare the 44.1 kHz dataset, convert the AudioCLIP release (frozen towers) once, train and evaluate (paper scale:
 a TPU/GPU host; the global batch 256 is split over all devices; CLIP's BPE vocabulary is needed for the text bank):

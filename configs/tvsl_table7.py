@@ -18,7 +18,7 @@ of avl_jax.config_lib.tvsl_paper_config (runlocal, data_dir, bpe_path, epochs). 
 and the `official` metric protocol. Columns (avl_jax.sweep.TABLE7_COLUMNS): VGGSound-Single AP = `pixel_ap`,
 IoU@0.5 = `ciou_frac@0.5`; VGGSound-Duet CAP = `pixel_ap` (oracle classes: each source's map is its class's),
 CIoU@0.3 = `ciou_mean` (T-VSL's definition) and `ciou_frac@0.3`.
-Paper numbers: not verified (spec/datasets.md: the supplementary was not available).
+Paper numbers: not verified (docs/datasets.md: the supplementary was not available).
 """
 from avl_jax import config_lib
 

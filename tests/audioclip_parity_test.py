@@ -1,11 +1,10 @@
-"""Parity of the Flax AudioCLIP with the official PyTorch code (shared/golden/audioclip), converter checks and
+"""Parity of the Flax AudioCLIP with the official PyTorch code (tests/testdata/audioclip), converter checks and
 unit tests of its pieces.
 
-The golden weights come from the golden set's numpy `weights.py` and reach the model through the converter's
+The golden weights come from tests/golden_weights.py (numpy) and reach the model through the converter's
 numpy path. `pytest -s tests/audioclip_parity_test.py` prints the largest relative error of every array.
 """
 import functools
-import importlib.util
 import json
 import logging
 
@@ -42,12 +41,9 @@ def golden(golden_dir):
 
 
 @pytest.fixture(scope='module')
-def golden_weights(golden):
-  """The golden set's `weights.py`, imported from its file."""
-  spec = importlib.util.spec_from_file_location('audioclip_golden_weights', golden / 'weights.py')
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+def golden_weights(golden_weights_lib):
+  """The golden set's seeded weight recipe (tests/golden_weights.py)."""
+  return golden_weights_lib.AUDIOCLIP
 
 
 @pytest.fixture(scope='module')

@@ -1,9 +1,8 @@
-"""Parity of the Flax AVGN with the official PyTorch model (shared/golden/avgn) and converter checks.
+"""Parity of the Flax AVGN with the official PyTorch model (tests/testdata/avgn) and converter checks.
 
 `pytest -s tests/avgn_parity_test.py` prints the largest relative error of every golden output.
 """
 import functools
-import importlib.util
 import logging
 
 from flax import traverse_util
@@ -31,12 +30,9 @@ def avgn_golden(golden_dir):
 
 
 @pytest.fixture(scope='module')
-def golden_weights(avgn_golden):
-  """The golden set's `weights.py`, imported from its file."""
-  spec = importlib.util.spec_from_file_location('avgn_golden_weights', avgn_golden / 'weights.py')
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+def golden_weights(golden_weights_lib):
+  """The golden set's seeded weight recipe (tests/golden_weights.py)."""
+  return golden_weights_lib.AVGN
 
 
 @pytest.fixture(scope='module')
@@ -104,8 +100,9 @@ def test_golden_weights_fingerprint(golden_state_dict, golden_spec):
 
 @pytest.mark.slow
 def test_parity_with_official_avgn(avgn_golden, golden_state_dict, caplog):
+  # The golden inputs are the official precomputed log spectrograms.
   model = avgn.AVGN(num_classes=NUM_CLASSES, resnet_width=64, dim=512, depth_vis=3, depth_aud=3, tau=0.03,
-                    attn_assign='soft')
+                    attn_assign='soft', audio_input='spectrogram')
   with caplog.at_level(logging.INFO):
     variables = avgn_weights.torch_state_dict_to_variables(golden_state_dict, model)
   han_lines = [r for r in caplog.records if 'audio_encoder.han_encoder.' in r.getMessage()]

@@ -28,17 +28,25 @@ if not flags.FLAGS.is_parsed():
   flags.FLAGS.mark_as_parsed()
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-SHARED = REPO_ROOT.parent / "shared"
-GOLDEN = SHARED / "golden"
+GOLDEN = REPO_ROOT / "tests" / "testdata"
 
 
 @pytest.fixture(scope="session")
 def golden_dir() -> pathlib.Path:
-  """../shared/golden beside the clone; its absence is an error, not a skip (CI always has it)."""
+  """tests/testdata: the golden reference files (`avgn/`, `audioclip/`; tests/testdata/README.md)."""
   if not GOLDEN.is_dir():
-    raise FileNotFoundError(
-        f"Golden reference data not found at {GOLDEN}. Tests expect ../shared beside the repository.")
+    raise FileNotFoundError(f"Golden reference data not found at {GOLDEN} (part of the repository).")
   return GOLDEN
+
+
+@pytest.fixture(scope="session")
+def golden_weights_lib():
+  """tests/golden_weights.py: the seeded weight recipes of the golden sets (`.AVGN`, `.AUDIOCLIP`)."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  spec = importlib.util.spec_from_file_location("golden_weights", REPO_ROOT / "tests" / "golden_weights.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
 
 
 @pytest.fixture(scope="session")
@@ -53,9 +61,5 @@ def tiny_data_dir(tmp_path_factory) -> str:
 @pytest.fixture
 def tiny_config(tiny_data_dir):
   """configs/synthetic_av.py:tiny pointed at the tiny dataset, unlocked for test overrides."""
-  import importlib.util  # pylint: disable=g-import-not-at-top
-  spec = importlib.util.spec_from_file_location("synthetic_av_config", REPO_ROOT / "configs" / "synthetic_av.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config(f"tiny,data_dir={tiny_data_dir}")
-  return config
+  from avl_jax import config_lib  # pylint: disable=g-import-not-at-top
+  return config_lib.load_config(str(REPO_ROOT / "configs" / "synthetic_av.py"), f"tiny,data_dir={tiny_data_dir}")

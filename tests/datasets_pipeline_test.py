@@ -139,14 +139,16 @@ def test_eval_scores_real_configs_end_to_end(data_dirs, setting, tmp_path):
   """eval_lib on a real duet/multi config: each source on its own frame, GT in the dataset's official format."""
   import jax  # pylint: disable=g-import-not-at-top
   from avl_jax import eval_lib  # pylint: disable=g-import-not-at-top
+  from avl_jax.evaluation import gt as eval_gt  # pylint: disable=g-import-not-at-top
   from avl_jax import sharding  # pylint: disable=g-import-not-at-top
   from avl_jax import train  # pylint: disable=g-import-not-at-top
   config = _config(setting, data_dirs[setting])
   config.model.update(config_lib.RUNLOCAL_MODEL)
   config.eval_batch_size = 8  # one padded batch over the 8 fake devices
   mesh = sharding.create_mesh(config.mesh)
-  model, _, init_jit, _, _ = train.build(config, mesh)
-  variables = init_jit(jax.random.PRNGKey(0)).variables
+  setup = train.build(config, mesh)
+  model = setup.model
+  variables = setup.init_fn(jax.random.PRNGKey(0)).variables
   localize_fn = eval_lib.make_localize_fn(config, model, mesh)
   pred = eval_lib.predict_split(config, model, variables, mesh, "test", localize_fn)
   assert pred["gt_format"] == setting and pred["maps"].shape[:2] == (3, 2)
@@ -154,14 +156,14 @@ def test_eval_scores_real_configs_end_to_end(data_dirs, setting, tmp_path):
   data = input_pipeline.create_eval_dataset(config, "test", per_host_batch=8, num_processes=1)
   batch = next(iter(data.dataset))
   assert "source_image" in batch
-  direct = localize_fn(variables, batch["source_image"][:, 1], batch["waveform"], np.maximum(batch["source_class"], 0))
+  direct = localize_fn(variables, {}, batch["source_image"][:, 1], batch["waveform"], batch["source_class"])["maps"]
   np.testing.assert_allclose(pred["maps"][:, 1], np.asarray(direct)[:3, 1], rtol=1e-5, atol=1e-5)
   if setting != "music_duet":  # MUSIC-Duet frames show both players; the pair datasets have two frames.
-    own_frame = localize_fn(variables, batch["image"], batch["waveform"], np.maximum(batch["source_class"], 0))
+    own_frame = localize_fn(variables, {}, batch["image"], batch["waveform"], batch["source_class"])["maps"]
     assert not np.allclose(np.asarray(own_frame)[:3, 1], pred["maps"][:, 1])
   # GT per protocol: masks as stored vs binarised; MUSIC xywh read as xyxy (official) vs converted (standard).
-  _, _, gt_official, nbox = eval_lib.source_items(pred, "official")
-  _, _, gt_standard, _ = eval_lib.source_items(pred, "standard")
+  _, _, gt_official, nbox = eval_gt.source_items(pred, "official")
+  _, _, gt_standard, _ = eval_gt.source_items(pred, "standard")
   assert len(nbox) == 6 and np.all(nbox >= 1)
   if setting == "music_duet":
     assert gt_standard.sum() > gt_official.sum()  # xywh read as xyxy shrinks (or empties) the boxes

@@ -236,7 +236,7 @@ def test_read_mask_values_and_errors(tmp_path):
 
 
 def test_music_xywh_boxes_become_xyxy():
-  # spec/metrics.md §2: xywh [0.25, 0.25, 0.5, 0.5] covers [0.25, 0.75) on both axes.
+  # docs/metrics.md §2: xywh [0.25, 0.25, 0.5, 0.5] covers [0.25, 0.75) on both axes.
   boxes, clipped = items.normalized_xyxy(np.array([[0.25, 0.25, 0.5, 0.5]]), "xywh")
   np.testing.assert_allclose(boxes, [[0.25, 0.25, 0.75, 0.75]])
   assert not clipped
@@ -330,7 +330,7 @@ def test_bundled_metadata_content():
   assert item.box_format == "xyxy" and set(item.box_source) == {0, 1}
   counts = np.bincount([len(i.boxes) for i in
                         tfds.builder("vggsound/single")._split_items("test", "/x").items])  # pylint: disable=protected-access
-  np.testing.assert_array_equal(counts[1:], [4619, 385, 94, 37, 18, 3, 2])  # spec/datasets.md §4
+  np.testing.assert_array_equal(counts[1:], [4619, 385, 94, 37, 18, 3, 2])  # docs/datasets.md §4
 
 
 def test_missing_vggsound_train_list_is_a_clear_error(tmp_path):

@@ -5,7 +5,6 @@ The checkpoint tests share one workdir with 3 tiny-AVGN checkpoints, copied per 
 subprocess runs of the binary are the slow group.
 """
 import csv
-import importlib.util
 import json
 import os
 import shutil
@@ -22,12 +21,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from avl_jax import config_lib
 from avl_jax import checkpointing
 from avl_jax import eval_lib
 from avl_jax import evaluate
 from avl_jax import input_pipeline
 from avl_jax import sharding
 from avl_jax import train
+from avl_jax.evaluation import gt as eval_gt
+from avl_jax.evaluation import scoring
+from avl_jax.evaluation import writers
 from avl_jax.metrics import gt_maps
 from avl_jax.metrics import localization
 from avl_jax.metrics import predictions
@@ -38,10 +41,8 @@ CHECKPOINT_STEPS = (2, 4, 6)
 
 
 def _config(data_dir: str, steps: int = TRAIN_STEPS):
-  spec = importlib.util.spec_from_file_location("synthetic_av_config", os.path.join(REPO, "configs", "synthetic_av.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(f"tiny,steps={steps},data_dir={data_dir}")
+  return config_lib.load_config(os.path.join(REPO, "configs", "synthetic_av.py"),
+                                f"tiny,steps={steps},data_dir={data_dir}")
 
 
 def _subprocess_env() -> dict[str, str]:
@@ -89,14 +90,14 @@ def test_predictions_file_scores_like_score_maps(tmp_path):
   _, want = localization.score_maps(raw, gt, nbox, protocol="standard", tau=0.03, map_range="logits")
   assert result["metrics"]["model"] == pytest.approx(want, nan_ok=True)
   assert (result["num_examples"], result["num_items"], result["step"]) == (4, 7, 7)
-  assert set(result["metrics"]) == set(eval_lib.METHODS)
+  assert set(result["metrics"]) == set(scoring.METHODS)
   with open(tmp_path / "out" / "r.json") as f:
     assert json.load(f)["protocol"] == "standard"
   with open(tmp_path / "out" / "r.csv") as f:
     rows = list(csv.DictReader(f))
   assert [(r["id"], int(r["source"]), int(r["class"])) for r in rows] == [
       ("a", 0, 3), ("a", 1, 5), ("b", 0, 3), ("c", 0, 3), ("c", 1, 5), ("d", 0, 3), ("d", 1, 5)]
-  assert list(rows[0]) == list(eval_lib.CSV_COLUMNS) + ["center_prior_ciou", "center_prior_ap", "random_ciou",
+  assert list(rows[0]) == list(writers.CSV_COLUMNS) + ["center_prior_ciou", "center_prior_ap", "random_ciou",
                                                         "random_ap"]
   assert float(rows[0]["area"]) == pytest.approx(gt[0].sum() / 224 ** 2, rel=1e-5)
   assert os.path.getsize(tmp_path / "out" / "r.png") > 1000
@@ -278,8 +279,7 @@ def checkpoint_workdir(tiny_data_dir, tmp_path_factory) -> str:
   config = _config(tiny_data_dir)
   workdir = str(tmp_path_factory.mktemp("checkpoints") / "workdir")
   mesh = sharding.create_mesh(config.mesh)
-  _, _, init_jit, _, _ = train.build(config, mesh)
-  state = init_jit(jax.random.PRNGKey(0))
+  state = train.build(config, mesh).init_fn(jax.random.PRNGKey(0))
   manager = checkpointing.create_manager(workdir, max_to_keep=None)
   for step in CHECKPOINT_STEPS:
     checkpointing.save(manager, step, state.replace(step=jnp.asarray(step, jnp.int32)), None, force=True)
@@ -327,7 +327,7 @@ def test_evaluate_step_outputs_and_predictions_round_trip(checkpoint_workdir, ti
     scored = json.load(f)
   want = results["test_duet"]
   assert (scored["step"], scored["num_examples"], scored["num_items"]) == (4, 12, 24)
-  for method in eval_lib.METHODS:
+  for method in scoring.METHODS:
     assert _numeric(scored["metrics"][method]) == pytest.approx(_numeric(want["metrics"][method]), nan_ok=True)
 
 
@@ -390,14 +390,14 @@ def test_avgn_duet_gt_bug_scores_against_the_partners_gt():
   pred = {"id": _ids([p[0] for p in pairs]), "partner_id": _ids([p[1] for p in pairs]), "boxes": boxes,
           "boxes_raw": boxes.astype(np.float64), "box_source": box_source,
           "source_class": np.zeros((3, 2), np.int32), "gt_format": "vggsound_duet"}
-  out, missing = eval_lib.avgn_duet_gt_bug(pred)
+  out, missing = eval_gt.avgn_duet_gt_bug(pred)
   assert missing == 1
   np.testing.assert_array_equal(out["boxes"][0, :2], [own["b"], own["c"]])  # a: partner b, b's partner c
   np.testing.assert_array_equal(out["box_source"][0, :2], [0, 1])
   np.testing.assert_array_equal(out["boxes"][1, :2], [own["c"], own["z"]])
   np.testing.assert_array_equal(out["boxes"][2, 0], own["z"])
   assert out["box_source"][2].tolist() == [0, -1, -1, -1]  # z is not in the split
-  _, _, gt, nbox = eval_lib.source_items(out, "official")
+  _, _, gt, nbox = eval_gt.source_items(out, "official")
   assert nbox.tolist() == [1, 1, 1, 1, 1, 0] and gt[5].sum() == 0
   np.testing.assert_array_equal(gt[0], gt_maps.pixel_boxes_to_gt_map(
       gt_maps.normalized_to_pixels(own["b"][None].astype(np.float64)), "vggsound_duet", "official"))

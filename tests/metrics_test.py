@@ -1,6 +1,6 @@
-"""Tests of avl_jax.metrics: hand cases T1-T12 of spec/metrics.md §7 and the AVGN golden evaluator values.
+"""Tests of avl_jax.metrics: hand cases T1-T12 of docs/metrics.md §7 and the AVGN golden evaluator values.
 
-Golden files (../shared/golden/avgn, README there): `metrics_cases.npz` + `metrics_expected.json` (64 cases
+Golden files (tests/testdata/avgn, README in tests/testdata): `metrics_cases.npz` + `metrics_expected.json` (64 cases
 fed to the official `EvaluatorFull`), `outputs.npz` + `inputs.npz` (official `validate` on one batch).
 """
 import itertools

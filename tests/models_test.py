@@ -16,7 +16,10 @@ BATCH = 4
 NUM_CLASSES = 5
 NUM_SOURCES = 3
 IMAGE_SIZE = 64  # -> a 2x2 feature map
-TINY = dict(resnet_width=8, resnet_blocks=(1, 1, 1, 1), dim=32, depth_vis=1, depth_aud=1, num_heads=4)
+# The tests feed random log spectrograms (audio_input='spectrogram'); test_waveform_front_end checks that the
+# default waveform input computes exactly that spectrogram inside the model.
+TINY = dict(resnet_width=8, resnet_blocks=(1, 1, 1, 1), dim=32, depth_vis=1, depth_aud=1, num_heads=4,
+            audio_input='spectrogram')
 MAP_SHAPE = (2, 2)
 
 # Leaves whose gradient is zero by construction (not a bug), with the reason.
@@ -112,7 +115,7 @@ def avgn_harness(attn_assign: str = 'soft') -> Harness:
 def ezvsl_harness() -> Harness:
   """EZ-VSL's variables are exactly AVGN's encoder subtrees (checked against its own abstract init)."""
   if 'ezvsl' not in _HARNESSES:
-    tiny = {k: v for k, v in TINY.items() if k in ('resnet_width', 'resnet_blocks', 'dim')}
+    tiny = {k: v for k, v in TINY.items() if k in ('resnet_width', 'resnet_blocks', 'dim', 'audio_input')}
     model = models.get_model('ezvsl', num_classes=NUM_CLASSES, **tiny)
     encoders = ('imgnet', 'audnet', 'img_proj', 'aud_proj')
     avgn_variables = avgn_harness().variables
@@ -335,7 +338,6 @@ def test_ezvsl_outputs_and_localize():
 
 def test_registry():
   assert set(models.MODELS) == {'avgn', 'ezvsl', 'avgn_audioclip', 'tvsl', 'tvsl_single_stage'}
-  assert models.TEXT_MODELS < set(models.MODELS) and models.FROZEN_TOWER_MODELS < set(models.MODELS)
   assert isinstance(models.get_model('avgn', num_classes=3), models.AVGN)
   with pytest.raises(ValueError, match=r"Unknown model 'vggss'.*'avgn', 'avgn_audioclip', 'ezvsl'"):
     models.get_model('vggss')
@@ -412,3 +414,29 @@ def test_avgn_groups_match_separate_half_batches():
   halves = [forward_single(variables, {k: v[i:i + 2] for k, v in batch.items()}) for i in (0, 2)]
   for name in ('loss_loc', 'loss_bce_v', 'loss_bce_a', 'loss'):
     np.testing.assert_allclose(losses[name], np.mean([h[name] for h in halves]), rtol=1e-4, err_msg=name)
+
+
+@pytest.mark.parametrize('name', ['avgn', 'ezvsl'])
+def test_waveform_front_end(name):
+  """audio_input='waveform' (the default) = the official log spectrogram computed inside the model."""
+  from avl_jax import audio  # pylint: disable=g-import-not-at-top
+  fields = {k: v for k, v in TINY.items() if k != 'audio_input'}
+  if name == 'ezvsl':
+    fields = {k: v for k, v in fields.items() if k in ('resnet_width', 'resnet_blocks', 'dim')}
+  batch = _batch()
+  waveform = np.random.default_rng(3).uniform(-1, 1, (BATCH, 4000)).astype(np.float32)
+  spec = audio.avgn_log_spectrogram(waveform, 8000.0)
+  on_waveform = models.get_model(name, num_classes=NUM_CLASSES, sample_rate=8000.0, **fields)
+  on_spec = models.get_model(name, num_classes=NUM_CLASSES, audio_input='spectrogram', **fields)
+  variables = jax.jit(lambda key: on_spec.init(key, batch['image'], spec, batch['visual_class'],
+                                               batch['audio_label'], train=False))(rng(0))
+  class_ids = np.array([[0, 1]] * BATCH, np.int32)
+  maps = jax.jit(lambda v: (on_waveform.apply(v, batch['image'], waveform, class_ids, method='localize'),
+                            on_spec.apply(v, batch['image'], spec, class_ids, method='localize')))(variables)
+  # float32 spectrogram fused into the model's XLA program vs computed on its own: maps ~|40| agree to ~1e-5 rel.
+  np.testing.assert_allclose(maps[0], maps[1], rtol=1e-4, atol=1e-4)
+  silent = jax.jit(lambda v: on_waveform.apply(v, batch['image'], np.zeros_like(waveform), class_ids,
+                                               method='localize'))(variables)
+  assert not np.allclose(silent, maps[0], atol=1e-3)  # the audio reaches the maps
+  with pytest.raises(ValueError, match='expects a waveform'):
+    on_waveform.init(rng(0), batch['image'], spec, batch['visual_class'], batch['audio_label'], train=False)

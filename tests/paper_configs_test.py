@@ -1,5 +1,4 @@
 """Every paper config: the official recipe at full scale, and its `runlocal` form trains and evaluates."""
-import importlib.util
 import json
 import math
 import os
@@ -16,9 +15,7 @@ SETTINGS = sorted(config_lib.PAPER_SETTINGS)
 
 
 def load_config(name: str, arg: str = ""):
-  spec = importlib.util.spec_from_file_location(f"cfg_{name}", os.path.join(REPO_ROOT, "configs", f"avgn_{name}.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
+  module = config_lib.load_module(os.path.join(REPO_ROOT, "configs", f"avgn_{name}.py"))
   assert f"configs/avgn_{name}.py" in module.__doc__  # The docstring shows the exact commands.
   return module.get_config(arg)
 

@@ -1,6 +1,6 @@
 """Tests of avl_jax.metrics.postprocess: PyTorch bicubic and the official map post-processing.
 
-Golden files (../shared/golden/avgn, README there): `bicubic.npz` (torch F.interpolate outputs) and
+Golden files (tests/testdata/avgn, README in tests/testdata): `bicubic.npz` (torch F.interpolate outputs) and
 `outputs.npz` (AVGN `validate` post-processing of the official model's `Savl`).
 """
 import jax
@@ -22,7 +22,7 @@ def outputs(golden_dir):
 
 
 def test_bicubic_1d_hand_values():
-  """spec/metrics.md T9: 1-D 7 -> 224 of [0, ..., 6] and of a delta."""
+  """docs/metrics.md T9: 1-D 7 -> 224 of [0, ..., 6] and of a delta."""
   matrix = postprocess.bicubic_matrix(7, 224)
   out = matrix @ np.arange(7.0)
   np.testing.assert_allclose(out[[0, 1, 16, 111, 112, 223]],

@@ -1,4 +1,4 @@
-"""The CLIP BPE tokenizer against the official token ids (shared/golden/audioclip/tokenizer_cases.json)."""
+"""The CLIP BPE tokenizer against the official token ids (tests/testdata/audioclip/tokenizer_cases.json)."""
 import json
 
 import numpy as np

@@ -12,6 +12,7 @@ import pytest
 from avl_jax import checkpointing
 from avl_jax import evaluate
 from avl_jax import input_pipeline
+from avl_jax import optimizers
 from avl_jax import sharding
 from avl_jax import train
 import models_test  # the structurally-zero gradient leaves
@@ -30,10 +31,10 @@ def test_sharded_step_matches_single_device(tiny_config):
   results = []
   for devices in (jax.devices()[:1], jax.devices()):
     mesh = sharding.create_mesh((("data", -1),), devices=devices)
-    _, _, init_jit, step_fn, _ = train.build(tiny_config, mesh)
-    state = init_jit(jax.random.PRNGKey(0))
+    setup = train.build(tiny_config, mesh)
+    state = setup.init_fn(jax.random.PRNGKey(0))
     batch = sharding.host_to_global(host_batch, mesh)
-    state, metrics = step_fn(state, batch)
+    state, metrics = setup.step_fn(state, batch, {})
     jax.block_until_ready(state)  # Never queue sharded steps back to back on fake devices (can deadlock).
     assert len(jax.tree.leaves(state.params)[0].sharding.device_set) == len(devices)
     results.append((jax.device_get(state), jax.device_get(metrics)))
@@ -81,7 +82,7 @@ def test_train_checkpoint_resume_evaluate(tiny_config, tmp_path):
   resumed = train.train_and_evaluate(tiny_config, workdir_b)
 
   mesh = sharding.create_mesh(tiny_config.mesh)
-  _, _, _, _, abstract = train.build(tiny_config, mesh)
+  abstract = train.build(tiny_config, mesh).abstract_state
   states = [checkpointing.restore(checkpointing.create_manager(w, create=False), 4, abstract)
             for w in (workdir_a, workdir_b)]
   assert int(states[0].step) == int(states[1].step) == 4
@@ -171,10 +172,10 @@ def test_config_typo_fails_with_a_clear_message(tiny_data_dir, tmp_path):
 def test_learning_rate_schedules(tiny_config):
   tiny_config.optimizer.schedule = "cosine"
   tiny_config.optimizer.warmup_steps = 2
-  schedule = train.learning_rate_schedule(tiny_config)
+  schedule = optimizers.learning_rate_schedule(tiny_config)
   assert float(schedule(0)) == 0.0 and float(schedule(2)) == pytest.approx(tiny_config.optimizer.learning_rate)
   tiny_config.optimizer.schedule = "linear"
   with pytest.raises(ValueError, match="schedule='linear'"):
-    train.learning_rate_schedule(tiny_config)
+    optimizers.learning_rate_schedule(tiny_config)
 
 

@@ -1,6 +1,5 @@
 """T-VSL in the training stack: configs, the canvas pipeline, the text bank, the schedule, canvas scoring, and
 every T-VSL config (and the Table 7 sweep) trained and evaluated in its `runlocal` form."""
-import importlib.util
 import json
 import math
 import os
@@ -12,11 +11,13 @@ import pytest
 
 from avl_jax import config_lib
 from avl_jax import eval_lib
+from avl_jax import families
 from avl_jax import input_pipeline
+from avl_jax import optimizers
 from avl_jax import sweep_lib
 from avl_jax import train
-from avl_jax import tvsl_eval
-from avl_jax import tvsl_lib
+from avl_jax.evaluation import scoring
+from avl_jax.families import tvsl_bank
 from avl_jax.models.tvsl import text_bank as text_bank_lib
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -25,9 +26,7 @@ SETTINGS = sorted(config_lib.TVSL_SETTINGS)
 
 def load_module(name: str):
   path = os.path.join(REPO_ROOT, "configs", f"tvsl_{name}.py")
-  spec = importlib.util.spec_from_file_location(f"cfg_tvsl_{name}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
+  module = config_lib.load_module(path)
   assert f"configs/tvsl_{name}.py" in module.__doc__  # The docstring shows the exact commands.
   return module
 
@@ -54,7 +53,7 @@ def test_paper_recipe(name):
   assert config.dataset.eval_resize == "torch_tensor"
   assert (config.optimizer.learning_rate, config.optimizer.schedule) == (0.01, "cosine_tvsl")
   assert (config.batch_size, config.num_epochs, config.eval.protocol) == (256, 100, "official")
-  model = train.create_model(config)  # Released tower sizes and the official switches by default.
+  model = families.of(config).create_model(config)  # Released tower sizes and the official switches by default.
   assert (model.embed_dim, tuple(model.image_layers), model.text_layers) == (1024, (3, 4, 6, 3), 12)
   assert (model.bn_mode, model.audio_scale, model.pos_interp, model.class_source, model.label_order) == (
       "train_stats", "official", "official_1d", "oracle", "official")
@@ -73,52 +72,52 @@ def test_model_variants_and_bad_switches():
   assert (avgn.optimizer.learning_rate, avgn.batch_size) == (1e-4, 128)
   config = config_lib.tvsl_paper_config("vggsound_duet", "")
   config.model.dtype = "bfloat16"  # the bf16 option of the frozen towers
-  assert train.create_model(config).dtype == jax.numpy.bfloat16
+  assert families.of(config).create_model(config).dtype == jax.numpy.bfloat16
   config.model.bn_mode = "frozne"
   with pytest.raises(ValueError, match="bn_mode"):
-    train.create_model(config)
+    families.of(config).create_model(config)
   config = config_lib.tvsl_paper_config("vggsound_duet", "")
   config.dataset.image_norm = "imagenet"
   with pytest.raises(ValueError, match="image_norm"):
-    train.create_model(config)
+    families.of(config).create_model(config)
 
 
 def test_cosine_tvsl_schedule_is_the_official_formula():
   config = config_lib.tvsl_paper_config("vggsound_duet", "")
   config.num_train_steps = 1000  # 10 steps per epoch over 100 epochs
-  schedule = train.learning_rate_schedule(config)
+  schedule = optimizers.learning_rate_schedule(config)
   for step in (0, 5, 10, 500, 999):
     epoch = 1 + step / 10  # epoch counted from 1, advanced every iteration
     expected = 0.01 * 0.5 * (1 + math.cos(math.pi * epoch / 100))
     np.testing.assert_allclose(float(schedule(step)), expected, rtol=1e-5, atol=1e-9)
   config.num_epochs = None
   with pytest.raises(ValueError, match="cosine_tvsl"):
-    train.learning_rate_schedule(config)
+    optimizers.learning_rate_schedule(config)
 
 
 def test_vggss_text_bank_order_and_label_rows():
   """The bank is sorted display names; dataset labels (sorted underscore names) map to rows, and differ exactly
   at VGG-SS's 29/30 (the official label_order quirk)."""
   config = config_lib.tvsl_paper_config("vggsound_duet", "")
-  names, rows = tvsl_lib.bank_names(config)
+  names, rows = tvsl_bank.bank_names(config)
   assert len(names) == 221 and names == sorted(names)
-  labels = tvsl_lib.dataset_class_names(config)
+  labels = tvsl_bank.dataset_class_names(config)
   assert [text_bank_lib.underscore_name(names[r]) for r in rows] == labels
   assert np.flatnonzero(rows != np.arange(221)).tolist() == [29, 30]
   np.testing.assert_array_equal(rows, np.argsort(text_bank_lib.official_label_indices(names)))
   config.text.extra_classes = ("theremin solo",)
-  names, _ = tvsl_lib.bank_names(config)
+  names, _ = tvsl_bank.bank_names(config)
   assert names[-1] == "theremin solo" and len(names) == 222
   config.text.extra_classes = ("whale calling",)  # already a VGG-SS class
   with pytest.raises(ValueError, match="already in the bank"):
-    tvsl_lib.bank_names(config)
-  assert tvsl_lib.display_name("acoustic_guitar") == "acoustic guitar"
+    tvsl_bank.bank_names(config)
+  assert tvsl_bank.display_name("acoustic_guitar") == "acoustic guitar"
 
 
 def test_missing_bpe_vocabulary_is_a_clear_error(tiny_data_dir):
   config = config_lib.tvsl_paper_config("vggsound_duet", f"runlocal,data_dir={tiny_data_dir}")
   with pytest.raises(FileNotFoundError, match="bpe_simple_vocab_16e6"):
-    tvsl_lib.tokenizer(config)
+    tvsl_bank.tokenizer(config)
 
 
 def test_canvas_training_batches(tiny_data_dir, bpe_path):
@@ -143,19 +142,23 @@ def test_canvas_training_batches(tiny_data_dir, bpe_path):
 
 
 def test_canvas_scoring_places_gt_on_its_half():
-  """spec/metrics.md T10: a map that is hot exactly on source 0's box of the left frame scores cIoU 1 on the
+  """docs/metrics.md T10: a map that is hot exactly on source 0's box of the left frame scores cIoU 1 on the
   canvas; the same map for source 1 (whose GT lies on the right half) scores 0."""
   config = config_lib.tvsl_paper_config("vggsound_duet", "")
   gt = np.zeros((2, 224, 224), np.float32)
   gt[:, :112, :112] = 1
   raw = np.zeros((2, 224, 448), np.float32)
   raw[:, :112, :112] = -1.0  # inverted: low raw = high score
-  pred = {"canvas": True}
-  placed, scores = tvsl_eval.items(config, pred, np.array([0, 1]), gt, raw)
+  maps = np.zeros((2, 2, 224, 448), np.float32)
+  maps[[0, 1], [0, 1]] = raw  # item i: example i, source i
+  inputs = families.of(config).scoring_inputs(config, {"canvas": True, "maps": maps}, np.array([0, 1]),
+                                              np.array([0, 1]), gt, np.array([1, 1]))
+  placed, scores = inputs.gt, inputs.raw_maps
   assert placed.shape == (2, 224, 448) and placed[0, :, :224].sum() == placed[1, :, 224:].sum() == 112 * 112
-  summaries, per_items = eval_lib.score_items(scores, placed, np.array([1, 1]), protocol="official", tau=0.03,
-                                              map_range="unit", binarize="fixed", baselines=False,
-                                              multihost=False)
+  assert (inputs.map_range, inputs.binarize, inputs.tau) == ("unit", "fixed", None)
+  summaries, per_items = scoring.score_items(scores, placed, np.array([1, 1]), protocol="official", tau=None,
+                                             map_range="unit", binarize="fixed", baselines=False,
+                                             multihost=False)
   np.testing.assert_allclose(per_items["model"]["ciou"], [1.0, 0.0])
   np.testing.assert_allclose(per_items["model"]["pixel_ap"][0], 1.0)
   assert summaries["model"]["binarize"] == "fixed"
@@ -210,11 +213,13 @@ def test_canvas_eval_on_a_partner_frame_test_set(bpe_path, tmp_path):
   ds.name, ds.data_dir, ds.num_classes, ds.sample_rate = "vggsound/duet_44k", str(tmp_path / "tfds"), 221, 44100
   ds.eval_splits = ("test",)
   mesh = sharding.create_mesh(config.mesh)
-  model, _, init_jit, _, _ = train.build(config, mesh)
-  state = train.fill_consts(config, model, init_jit(jax.random.PRNGKey(0)), mesh)
-  assert state.consts["text_bank"].shape == (221, config.model.embed_dim)
+  setup = train.build(config, mesh)
+  model = setup.model
+  state = setup.init_fn(jax.random.PRNGKey(0))
+  consts = train.make_consts(setup, state.params, mesh)
+  assert consts["text_bank"].shape == (221, config.model.embed_dim)
   localize_fn = eval_lib.make_localize_fn(config, model, mesh)
-  pred = eval_lib.predict_split(config, model, state.variables, mesh, "test", localize_fn)
+  pred = eval_lib.predict_split(config, model, state.variables, mesh, "test", localize_fn, consts=consts)
   size = ds.image_size
   assert pred["canvas"] and pred["maps"].shape == (3, 2, size // 32, 2 * size // 32)
   assert pred["image_uint8"].shape[1:] == (size, 2 * size, 3)
@@ -223,10 +228,10 @@ def test_canvas_eval_on_a_partner_frame_test_set(bpe_path, tmp_path):
   assert data.partner_frames
   batch = next(iter(data.dataset))
   canvas = np.concatenate([batch["source_image"][:, 0], batch["source_image"][:, 1]], axis=2)
-  direct = np.asarray(localize_fn(state.variables, canvas, batch["waveform"], batch["source_class"]))
+  direct = np.asarray(localize_fn(state.variables, consts, canvas, batch["waveform"], batch["source_class"])["maps"])
   np.testing.assert_allclose(pred["maps"], direct[:3], rtol=1e-5, atol=1e-5)
   result = eval_lib.evaluate_split(config, model, state.variables, mesh, str(tmp_path / "work"), 0, "test",
-                                   localize_fn)
+                                   localize_fn, consts=consts)
   assert result["canvas"] and result["num_items"] == 6
   assert np.isfinite(result["metrics"]["model"]["auc"]) and result["metrics"]["model"]["binarize"] == "fixed"
   with Image.open(tmp_path / "work" / "eval" / "test_0.png") as png:
@@ -234,14 +239,14 @@ def test_canvas_eval_on_a_partner_frame_test_set(bpe_path, tmp_path):
   # The official stale-GT quirk: source 2 against an empty GT (its cIoU and pixel AP drop to 0 / NaN).
   config.eval.tvsl_stale_gt = True
   stale = eval_lib.evaluate_split(config, model, state.variables, mesh, str(tmp_path / "stale"), 0, "test",
-                                  localize_fn)
+                                  localize_fn, consts=consts)
   assert stale["metrics"]["model"]["n_empty_gt"] == 3 and result["metrics"]["model"]["n_empty_gt"] == 0
   config.eval.tvsl_stale_gt = False
   # Predicted classes (no labels drive the maps): the model's top-2 classes are matched to the GT sources.
   config.model.class_source = "predicted"
-  predicted_model = train.create_model(config)
+  predicted_model = families.of(config).create_model(config)
   result = eval_lib.evaluate_split(config, predicted_model, state.variables, mesh, str(tmp_path / "work"), 1,
-                                   "test")
+                                   "test", consts=consts)
   assert result["num_items"] == 6 and result["num_predicted_mean"] == 2.0
   assert 0.0 <= result["class_recall"] <= 1.0 and np.isfinite(result["metrics"]["model"]["auc"])
 
@@ -263,7 +268,7 @@ def test_predicted_classes_are_matched_to_gt_sources():
   pred = {"maps": raw, "pred_valid": np.array([[True, True, True], [True, True, False]]),
           "pred_rows": np.array([[5, 7, 9], [4, 6, 8]]), "gt_rows": np.array([[7, 2], [8, -1]])}
   example_idx, source_idx = np.array([0, 0, 1]), np.array([0, 1, 0])
-  maps, unmatched, extra = tvsl_eval.match_predicted(config, pred, example_idx, source_idx, gt, np.ones(3, int))
+  maps, unmatched, extra = families.of(config).match_predicted(config, pred, example_idx, source_idx, gt, np.ones(3, int))
   np.testing.assert_array_equal(maps[0], raw[0, 1])
   np.testing.assert_array_equal(maps[1], raw[0, 0])
   assert not unmatched.any() and not np.array_equal(maps[2], raw[1, 2])
@@ -272,7 +277,7 @@ def test_predicted_classes_are_matched_to_gt_sources():
   np.testing.assert_allclose(extra["num_predicted_mean"], 2.5)
   pred["pred_valid"][1] = [True, False, False]
   gt2 = np.concatenate([gt, gt[2:]])
-  _, unmatched, _ = tvsl_eval.match_predicted(config, pred, np.array([0, 0, 1, 1]), np.array([0, 1, 0, 1]), gt2,
+  _, unmatched, _ = families.of(config).match_predicted(config, pred, np.array([0, 0, 1, 1]), np.array([0, 1, 0, 1]), gt2,
                                              np.ones(4, int))
   assert unmatched.tolist() == [False, False, False, True]
 
@@ -296,11 +301,11 @@ def test_predicted_classes_and_zero_shot_query_on_synthetic_av(tiny_data_dir, bp
   zero_shot = copy.deepcopy(config)
   zero_shot.text.extra_classes = ("purple dotted hexagon",)
   mesh = sharding.create_mesh(zero_shot.mesh)
-  model, _, _, _, abstract = train.build(zero_shot, mesh)
-  state = checkpointing.restore(checkpointing.create_manager(str(tmp_path), create=False), 2, abstract)
-  state = train.fill_consts(zero_shot, model, state, mesh)
-  bank = np.asarray(state.consts["text_bank"])
-  trained_bank = np.asarray(train.fill_consts(config, model, state, mesh).consts["text_bank"])
+  setup = train.build(zero_shot, mesh)
+  model = setup.model
+  state = checkpointing.restore(checkpointing.create_manager(str(tmp_path), create=False), 2, setup.abstract_state)
+  bank = np.asarray(train.make_consts(setup, state.params, mesh)["text_bank"])
+  trained_bank = np.asarray(train.make_consts(train.build(config, mesh), state.params, mesh)["text_bank"])
   assert bank.shape[0] == 9 and np.allclose(bank[:8], trained_bank)
   data = input_pipeline.create_eval_dataset(zero_shot, "test_duet", per_host_batch=8, num_processes=1)
   batch = next(iter(data.dataset))

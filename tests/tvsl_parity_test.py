@@ -1,12 +1,11 @@
-"""Parity of the Flax T-VSL with the official PyTorch code (shared/golden/audioclip/tvsl_outputs.npz).
+"""Parity of the Flax T-VSL with the official PyTorch code (tests/testdata/audioclip/tvsl_outputs.npz).
 
-The golden T-VSL weights come from the golden set's numpy `weights.py` (`state_dict_spec_tvsl.json`, seed 0)
+The golden T-VSL weights come from tests/golden_weights.py (`state_dict_spec_tvsl.json`, seed 0)
 and reach the model through `avl_jax.convert.tvsl_weights`. The calls follow the golden README: an eval call
 with the seeded running statistics, then one train-mode call (BatchNorm on batch statistics, running
 statistics updated), then an eval call with those re-estimated statistics. `pytest -s` prints a table of
 max |ours - official| / max |official| per array.
 """
-import importlib.util
 import os
 import subprocess
 import sys
@@ -40,11 +39,8 @@ def golden(golden_dir):
 
 
 @pytest.fixture(scope='module')
-def golden_weights(golden):
-  spec = importlib.util.spec_from_file_location('tvsl_golden_weights', golden / 'weights.py')
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+def golden_weights(golden_weights_lib):
+  return golden_weights_lib.AUDIOCLIP  # tests/golden_weights.py; T-VSL shares AudioCLIP's recipe.
 
 
 @pytest.fixture(scope='module')

@@ -10,7 +10,7 @@ r"""Training-pipeline throughput on a VGGSound-shaped dataset, against the offic
    another class (its record read and windowed), batching. examples/s per worker core. Twice: as training runs
    it (uint8 frames, normalised in the jitted step: `dataset.normalize_on_device=True`, the default) and with
    the frames normalised to float32 on the host (`normalize_on_device=False`).
-3. Times, in the same run and the same thread, what the official loaders do per example (spec/avgn.md §10-12):
+3. Times, in the same run and the same thread, what the official loaders do per example (docs/avgn.md §10-12):
    an O(N) partner list, PIL open + the same image transforms for the own frame, both wavs read at their
    native rate and centre-cropped, and the scipy spectrogram of the mixture (which avl_jax computes on the
    accelerator instead).
@@ -125,7 +125,7 @@ def pipeline_rate(data_dir: str, batch_size: int, min_seconds: float,
 
 
 def _official_image(root: str, clip_id: str, rng: np.random.Generator) -> np.ndarray:
-  """The official training transform (spec/avgn.md §11): PIL open, resize to 246, random crop, flip, normalise."""
+  """The official training transform (docs/avgn.md §11): PIL open, resize to 246, random crop, flip, normalise."""
   with Image.open(os.path.join(root, "frames", f"{clip_id}.jpg")) as image:
     image = image.convert("RGB")
   scale = RESIZE_SIZE / min(image.size)
@@ -139,7 +139,7 @@ def _official_image(root: str, clip_id: str, rng: np.random.Generator) -> np.nda
 
 
 def _official_audio(root: str, clip_id: str) -> tuple[np.ndarray, int]:
-  """The official audio read (spec/avgn.md §10): the wav at its native rate (no resampling), centre 3 s."""
+  """The official audio read (docs/avgn.md §10): the wav at its native rate (no resampling), centre 3 s."""
   waveform, rate = raw.read_wav(os.path.join(root, "audio", f"{clip_id}.wav"))
   want = int(AUDIO_SECONDS * rate)
   start = max(waveform.size // 2 - want // 2, 0)
@@ -149,7 +149,7 @@ def _official_audio(root: str, clip_id: str) -> tuple[np.ndarray, int]:
 def raw_rate(root: str, rows: list[list[str]], min_seconds: float) -> tuple[float, float]:
   """examples/s (per CPU-second, per wall-second) of the official loader's per-example work, in one thread.
 
-  Per example (spec/avgn.md §10-12): the partner from an O(N) list of the other classes' indices; the own frame
+  Per example (docs/avgn.md §10-12): the partner from an O(N) list of the other classes' indices; the own frame
   through PIL transforms; both wavs read at their native rate and centre-cropped; the sum's scipy spectrogram,
   log(P + 1e-7) / 12 (the official loader computes it on the host; avl_jax computes it in the jitted step).
   """

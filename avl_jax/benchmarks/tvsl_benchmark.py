@@ -19,7 +19,7 @@ examples/s, so `--batch=2 --steps=1` is the quick form.
    into AudioCLIP by `tvsl.base.tower_model`; parameters, BatchNorm statistics, the FBSP front end, softmaxes
    and LayerNorms stay float32). examples/s.
 2. The training step: forward, backward and an optax update in which only the trainable parameters move
-   (`tvsl.optimizer(optax.adam(1e-2), params)`), `mutable=['batch_stats']` (bn_mode 'train_stats', the
+   (`tvsl.optimizer(optax.adam(1e-2))`), `mutable=['batch_stats']` (bn_mode 'train_stats', the
    towers' BatchNorms on batch statistics), the text bank a precomputed [C, D] array (C = --num_classes, D =
    the joint width, 1024 for full), class_rows [B, 2]; the state (params, optimizer state, batch_stats) is
    donated and threaded from step to step, as in training. Rows: float32 towers, bfloat16 towers, and the
@@ -307,7 +307,7 @@ def run_benchmark(size: str = "small", batch: int | None = None, steps: int = 3,
       log(f"  measured {name}")
   del tower_variables
 
-  tx = tvsl.optimizer(optax.adam(LEARNING_RATE), params)
+  tx = tvsl.optimizer(optax.adam(LEARNING_RATE))
   batch_args = jax.device_put((host_inputs["canvas"], host_inputs["waveform"]))
   for name, dtype, naive in (("step_naive_float32", jnp.float32, True), ("step_cached_float32", jnp.float32, False),
                              ("step_cached_bfloat16", jnp.bfloat16, False)):

@@ -8,7 +8,7 @@ audio tower only (`ESRNXFBSP.pt`: the `audio.*` keys without their prefix). A `{
 `{'state_dict': ...}` wrapper and DDP `module.` prefixes are removed. Partial checkpoints give the matching
 part of the variable tree.
 
-Name mapping (mechanical, spec §9): Flax `text/<path>` <-> the root-level text keys, other paths keep their
+Name mapping (mechanical, docs/tvsl.md §9): Flax `text/<path>` <-> the root-level text keys, other paths keep their
 root; numbered children `layer2_0`, `resblocks_11`, `downsample_1` <-> `layer2.0`, ...; leaves `kernel` /
 `scale` / `embedding` <-> `weight`, `in_proj_kernel` <-> `in_proj_weight`, BatchNorm `mean` / `var` <->
 `running_mean` / `running_var`, every other leaf keeps its name (`positional_embedding`, `m`, ...). Layouts:

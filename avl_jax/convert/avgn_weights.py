@@ -3,7 +3,7 @@
 No torch import: load a `.pth` elsewhere (`torch.load(path, map_location='cpu')`) and hand the mapping here;
 values may be numpy arrays or torch tensors (converted with `.detach().cpu().numpy()`).
 
-Flax module paths mirror the PyTorch names (spec avgn.md §16): a numbered child `blocks.0` is the Flax
+Flax module paths mirror the PyTorch names (docs/avgn.md §16): a numbered child `blocks.0` is the Flax
 module `blocks_0`, a parameter `weight` is `kernel` (conv / linear) or `scale` (norms) and BatchNorm buffers
 `running_mean` / `running_var` are the 'batch_stats' `mean` / `var`. Layouts: conv OIHW -> HWIO, linear
 (out, in) -> (in, out). Every expected key must be present with the right shape and every given key must be
@@ -157,16 +157,19 @@ def variables_to_torch_state_dict(variables: Mapping[str, Any]) -> dict[str, np.
 def abstract_model_variables(model: Any) -> dict[str, Any]:
   """Shapes and dtypes of `model.init` (AVGN or EZVSL) on tiny dummy inputs, without computing anything."""
   image = jnp.zeros((2, 32, 32, 3), jnp.float32)
-  spec = jnp.zeros((2, 33, 20, 1), jnp.float32)
+  if getattr(model, 'audio_input', 'spectrogram') == 'waveform':  # one second; the shapes do not depend on it
+    audio = jnp.zeros((2, int(model.sample_rate)), jnp.float32)
+  else:
+    audio = jnp.zeros((2, 33, 20, 1), jnp.float32)
   visual_class = jnp.zeros((2,), jnp.int32)
   audio_label = jnp.zeros((2, max(model.num_classes, 1)), jnp.float32)
   return jax.eval_shape(
-      lambda: model.init(jax.random.key(0), image, spec, visual_class, audio_label, train=False))
+      lambda: model.init(jax.random.key(0), image, audio, visual_class, audio_label, train=False))
 
 
 def torch_state_dict_to_variables(state_dict: Mapping[str, Any], model: avgn.AVGN | None = None, *,
                                   num_classes: int | None = None) -> dict[str, Any]:
-  """Converts an official AVGN state dict (spec §16 names) into Flax variables.
+  """Converts an official AVGN state dict (docs/avgn.md §16 names) into Flax variables.
 
   Args:
     state_dict: {name: array}, a `{'model': state_dict}` checkpoint, with or without the `module.` prefix.
@@ -189,7 +192,7 @@ def torch_state_dict_to_variables(state_dict: Mapping[str, Any], model: avgn.AVG
   elif num_classes is not None and num_classes != model.num_classes:
     raise ValueError(f'num_classes={num_classes} but model.num_classes={model.num_classes}.')
   skip = {} if model.with_han_params else {
-      HAN_PREFIX: 'the dead GroupingBlock_Han branch (spec §14); use AVGN(with_han_params=True) to keep it'}
+      HAN_PREFIX: 'the dead GroupingBlock_Han branch (docs/avgn.md §14); use AVGN(with_han_params=True) to keep it'}
   return convert_state_dict(state_dict, abstract_model_variables(model), skip_prefixes=skip)
 
 

@@ -1,6 +1,6 @@
 """T-VSL PyTorch state dicts (as numpy arrays) -> Flax variables of `avl_jax.models.tvsl.TVSL`.
 
-No torch import. The T-VSL state dict (spec tvsl.md §9; 896 entries) is AudioCLIP's 861 entries plus 35 of
+No torch import. The T-VSL state dict (docs/tvsl.md §9; 896 entries) is AudioCLIP's 861 entries plus 35 of
 its own: `logit_scale_ml`, the six gates `vp_w ap_w icp_w acp_w aip_w iap_w` and the MLPs
 `{visual_proj, audio_proj, img_cls_proj, aud_cls_proj, aud_img_proj, img_aud_proj, fusion_proj}.{0,2}.{weight,
 bias}` (Sequential indices: 0 and 2 are the Linears). A training checkpoint (`model_latest.pth`,

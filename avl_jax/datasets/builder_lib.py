@@ -85,7 +85,7 @@ class RawConfig(tfds.core.BuilderConfig):
 
   Attributes:
     num_classes: K (the class vocabulary of the config's official train list).
-    gt_format: the official GT format name (spec/metrics.md §2, avl_jax.metrics.gt_maps.FORMATS).
+    gt_format: the official GT format name (docs/metrics.md §2, avl_jax.metrics.gt_maps.FORMATS).
     sample_rate: stored audio rate in Hz (16 kHz for AVGN; 44.1 kHz for T-VSL).
     audio_seconds: length of the stored centre window in seconds; 0 stores whole clips.
     short_audio: clips shorter than the window: 'skip' (reported), 'tile' (official) or 'pad' (zeros).

@@ -121,7 +121,7 @@ def check_box(values: Any, file: str, field: str = "") -> tuple[float, float, fl
 def normalized_xyxy(boxes: np.ndarray, box_format: str) -> tuple[np.ndarray, bool]:
   """Raw official boxes [NB, 4] -> normalised xyxy clipped to [0, 1], and whether any value was clipped.
 
-  MUSIC's [x, y, w, h] become [x, y, x + w, y + h] (spec/metrics.md §2, standard column).
+  MUSIC's [x, y, w, h] become [x, y, x + w, y + h] (docs/metrics.md §2, standard column).
   """
   boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
   if box_format == "xywh":

@@ -3,7 +3,7 @@
 The official files of stoneMo/AVGN (Apache-2.0) are bundled in avl_jax/datasets/metadata/ (see its README for
 the attribution and license). A file of the same name in the manual directory (`<manual_dir>/metadata/NAME` or
 `<manual_dir>/NAME`) overrides the bundled copy; files that are not bundled (the VGGSound train lists) must
-be there. Formats: spec/datasets.md (shared/spec).
+be there. Formats: docs/datasets.md.
 """
 import csv
 import dataclasses

@@ -193,7 +193,7 @@ def encode_jpeg(pixels: np.ndarray, quality: int) -> bytes:
 
 
 def read_wav(path: str) -> tuple[np.ndarray, int]:
-  """Reads a PCM (8/16/24/32-bit integer) or float wav; channels are averaged (spec/avgn.md §10).
+  """Reads a PCM (8/16/24/32-bit integer) or float wav; channels are averaged (docs/avgn.md §10).
 
   Returns:
     mono waveform [N] float32 in [-1, 1], and its sample rate in Hz.
@@ -434,7 +434,7 @@ def decode_video_audio(path: str) -> tuple[np.ndarray, int]:
 def stored_audio(path: str, is_video: bool, options: DecodeOptions) -> tuple[np.ndarray, dict]:
   """`window_audio` of a wav or an mp4's audio track, cached per worker process (keyed by path, size, mtime).
 
-  The official MUSIC loaders use one audio file per video for every frame of it (spec/datasets.md §2), so
+  The official MUSIC loaders use one audio file per video for every frame of it (docs/datasets.md §2), so
   consecutive frames hit this cache instead of decoding and resampling minutes of audio again. The returned
   array is shared: do not modify it.
   """
@@ -459,7 +459,7 @@ def _stored_audio(path: str, version, is_video: bool, options: DecodeOptions) ->
 
 
 def find_mask(manual_dir: str, sample: str, folder: str = "masks") -> str:
-  """`{manual_dir}/{folder}/{sample}.*` (key = the file name up to its first '.', spec/metrics.md §2)."""
+  """`{manual_dir}/{folder}/{sample}.*` (key = the file name up to its first '.', docs/metrics.md §2)."""
   root = epath.Path(manual_dir) / folder
   if root.exists():
     for candidate in sorted(root.glob(f"{sample}.*")):

@@ -1,4 +1,4 @@
-"""Sound-source localization metrics in vectorised NumPy (spec/metrics.md).
+"""Sound-source localization metrics in vectorised NumPy (docs/metrics.md).
 
 Modules:
   postprocess  PyTorch-exact bicubic upsampling (NumPy and JAX) and the official map post-processing of

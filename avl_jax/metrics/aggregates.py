@@ -1,4 +1,4 @@
-"""Dataset-level localization metrics from per-sample values (spec/metrics.md §4), vectorised.
+"""Dataset-level localization metrics from per-sample values (docs/metrics.md §4), vectorised.
 
 Axis letters: N samples, T thresholds.
 

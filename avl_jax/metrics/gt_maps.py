@@ -1,4 +1,4 @@
-"""Ground-truth localization maps from boxes and masks (spec/metrics.md §2), vectorised over boxes.
+"""Ground-truth localization maps from boxes and masks (docs/metrics.md §2), vectorised over boxes.
 
 Axis letters: NB boxes, H/W map size (224x224 in both official evaluators).
 

@@ -1,4 +1,4 @@
-"""Sound-source localization scores: per-map values and summaries (spec/metrics.md §3, §4, §6).
+"""Sound-source localization scores: per-map values and summaries (docs/metrics.md §3, §4, §6).
 
 Axis letters: N maps (one per (sample, source) item), H/W GT resolution (224x224), h/w raw map size (7x7).
 
@@ -63,7 +63,7 @@ DEFAULT_CHUNK = 8
 
 
 def _official_piap(infer_area, intersection, positive_area, num_pixels) -> np.ndarray:
-  """Closed-form sklearn AP(y_true = infer, y_score = binary gt), vectorised (spec/metrics.md §3)."""
+  """Closed-form sklearn AP(y_true = infer, y_score = binary gt), vectorised (docs/metrics.md §3)."""
   p = infer_area.astype(np.float64)
   i = intersection.astype(np.float64)
   g = positive_area.astype(np.float64)
@@ -216,7 +216,7 @@ def score_maps(raw_maps: np.ndarray, gt: np.ndarray, nbox: np.ndarray, *, protoc
     raw_maps: [N, h, w] logits (bicubic-upsampled to H x W) or [N, H, W] maps already at GT resolution.
     gt: [N, H, W] GT maps (built with `gt_maps` under the same protocol).
     nbox: [N] number of GT boxes per item (0 = not sounding).
-    protocol: 'official' | 'standard' (spec/metrics.md §6; affects the summary).
+    protocol: 'official' | 'standard' (docs/metrics.md §6; affects the summary).
     tau: model temperature of the fixed-range scores (only conf depends on it).
     map_range: what the raw values are, `postprocess.map_scores`: 'logits' (AVGN, fixed range +-1/tau),
       'unit' (scores in [0, 1]) or 'minmax' (per-map min-max); only conf depends on it.

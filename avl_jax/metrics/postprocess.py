@@ -1,4 +1,4 @@
-"""Localization-map post-processing shared by the eval binary and the tests (spec/metrics.md §1).
+"""Localization-map post-processing shared by the eval binary and the tests (docs/metrics.md §1).
 
 Axis letters: N maps, h/w raw map size (7x7 for AVGN), H/W output size (224x224).
 
@@ -245,7 +245,7 @@ def upsample_to(raw_maps: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
 
 def avgn_official(raw_maps: np.ndarray, tau: float = 0.03,
                   out_hw: tuple[int, int] = AVGN_OUT_HW) -> dict[str, np.ndarray]:
-  """AVGN `validate` post-processing (spec/metrics.md §1.1), float32 throughout.
+  """AVGN `validate` post-processing (docs/metrics.md §1.1), float32 throughout.
 
   Args:
     raw_maps: [N, h, w] localization logits (7x7 `Savl`), or maps already at out_hw (then used as the
@@ -271,7 +271,7 @@ def avgn_official(raw_maps: np.ndarray, tau: float = 0.03,
 
 def tvsl_official(raw_maps: np.ndarray, out_hw: Optional[tuple[int, int]] = None,
                   threshold: float = TVSL_THRESHOLD) -> dict[str, np.ndarray]:
-  """T-VSL `validate_multi` post-processing (spec/metrics.md §1.2), float32.
+  """T-VSL `validate_multi` post-processing (docs/metrics.md §1.2), float32.
 
   Args:
     raw_maps: [N, h, w] maps (7x14 per source pair canvas), or maps already at out_hw.

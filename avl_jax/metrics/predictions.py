@@ -25,7 +25,7 @@ Arrays of a predictions file (`save` writes one, `load` validates and reads one)
 
 Exactly one of `gt_maps` and `boxes`. The GT is rasterised on H x W = 224 x 224 (the official size) from boxes.
 Protocol 'official' clips box coordinates to [0, 1] as the official `bbox2gtmap` does; 'standard' rejects
-coordinates outside [0, 1] and binarises 'sum' (spec/metrics.md §6). Strings are stored as NumPy unicode
+coordinates outside [0, 1] and binarises 'sum' (docs/metrics.md §6). Strings are stored as NumPy unicode
 arrays, so files load without pickle. Every violation raises `PredictionsError` naming the array and the index.
 """
 import dataclasses
@@ -292,7 +292,7 @@ def load(path: str, protocol: str = "official", map_range: str | None = None,
     box_format = _choice(data, "box_format", BOX_FORMATS, "xyxy")
     combine = _choice(data, "box_combine", gt_maps.COMBINES, "binarize")
     if protocol == "standard" and combine == "sum":
-      combine = "binarize"  # spec/metrics.md §6: the standard protocol binarises summed boxes.
+      combine = "binarize"  # docs/metrics.md §6: the standard protocol binarises summed boxes.
     rows = _box_rows(data, boxes, used)
     _check_boxes(boxes, rows, protocol)
     safe = np.where(rows[..., None], boxes, -1.0)  # ignored rows may hold NaN

@@ -1,15 +1,7 @@
 """Model registry: `get_model('avgn', num_classes=37, ...)`.
 
-Two families:
-* AVGN-style (`avgn`, `ezvsl`, `avgn_audioclip`): (image [B, H, W, 3], spec, visual_class [B], audio_label
-  [B, C], train=...) -> (losses, outputs); `localize(image, spec, class_ids [B, S])` -> maps [B, S, h, w].
-  `spec` is the log spectrogram [B, F, T, 1], except for the models in WAVEFORM_INPUT, which take the
-  waveform [B, N] there.
-* T-VSL-style (`tvsl`, `tvsl_single_stage`, TEXT_MODELS): (canvas [B, H, W, 3], waveform [B, N], text_bank
-  [C, D], class_rows [B, K], labels [B, K], train=...) -> (losses, outputs); `localize(canvas, waveform,
-  text_bank, class_rows)` -> maps [B, K, h, w]. Their class vocabulary is the text bank, not `num_classes`.
-Models in FROZEN_TOWER_MODELS carry a frozen `audioclip` subtree that the optimizer must leave untouched
-(`avl_jax.models.tvsl.params`) and expect CLIP-normalised images (config.dataset.image_norm='clip').
+How each model is trained, fed and scored (its inputs, constants, localization and metrics) is its family's
+business: `avl_jax.families` maps every name here to one family.
 """
 import dataclasses
 
@@ -25,9 +17,6 @@ EZVSL = ezvsl.EZVSL
 MODELS: dict[str, type[nn.Module]] = {
     'avgn': AVGN, 'ezvsl': EZVSL, 'avgn_audioclip': tvsl.AVGNAudioCLIP, 'tvsl': tvsl.TVSL,
     'tvsl_single_stage': tvsl.TVSLSingleStage}
-TEXT_MODELS = frozenset({'tvsl', 'tvsl_single_stage'})
-WAVEFORM_INPUT = frozenset({'avgn_audioclip'})
-FROZEN_TOWER_MODELS = frozenset({'avgn_audioclip', 'tvsl', 'tvsl_single_stage'})
 
 # Flax adds these dataclass fields to every Module; they are not model settings.
 _FLAX_FIELDS = frozenset({'parent', 'name'})

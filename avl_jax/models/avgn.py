@@ -1,10 +1,10 @@
-"""AVGN: audio-visual grouping network (CVPR 2023), as the official code computes it (spec avgn.md).
+"""AVGN: audio-visual grouping network (CVPR 2023), as the official code computes it (docs/avgn.md).
 
 Axis letters: B batch, S sources, C classes, L tokens, H/W image height/width, h/w feature-map
 height/width, F freq bins, T frames, D token width.
 
-image -> ResNet-18 -> img_proj -> L2 = img_feat [B, h, w, D]; spec -> ResNet-18 (max pool) -> aud_proj -> L2
-= aud_feat [B, D]. Learnable class tokens `av_token` [C, D] (zeros at init, shared by both branches) group
+image -> ResNet-18 -> img_proj -> L2 = img_feat [B, h, w, D]; waveform -> log spectrogram -> ResNet-18 (max
+pool) -> aud_proj -> L2 = aud_feat [B, D]. Learnable class tokens `av_token` [C, D] (zeros at init, shared by both branches) group
 the image tokens (xv [B, C, D]) and the audio token (xa [B, C, D]). The map of a source of class c is
 <img_feat, xa[:, c]> / tau; training uses the class of the visual source.
 """
@@ -19,7 +19,7 @@ from avl_jax.models import grouping
 from avl_jax.models import layers
 from avl_jax.models import transformer
 
-# GroupingBlock_Han of the official audio encoder: built with 10 group tokens, never called (spec §14).
+# GroupingBlock_Han of the official audio encoder: built with 10 group tokens, never called (docs/avgn.md §14).
 HAN_GROUP_TOKENS = 10
 # PyTorch's binary_cross_entropy clamps each log term at -100.
 BCE_LOG_CLAMP = -100.0
@@ -34,7 +34,7 @@ def binary_cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
   """PyTorch BCE of sigmoid(logits) against targets, log terms clamped at -100, mean over all entries.
 
   Computed from logits (log-sigmoid) so that gradients stay finite; this differs from PyTorch's
-  probability-based form only where the float32 sigmoid saturates (spec §8).
+  probability-based form only where the float32 sigmoid saturates (docs/avgn.md §8).
   """
   log_prob = jnp.maximum(jax.nn.log_sigmoid(logits), BCE_LOG_CLAMP)
   log_not_prob = jnp.maximum(jax.nn.log_sigmoid(-logits), BCE_LOG_CLAMP)
@@ -88,7 +88,7 @@ class ModalityTransformer(nn.Module):
 
 
 class AVGN(ezvsl.DualEncoder):
-  """Audio-visual grouping network (spec avgn.md).
+  """Audio-visual grouping network (docs/avgn.md).
 
   Attributes:
     num_classes: C, number of class tokens.
@@ -110,6 +110,9 @@ class AVGN(ezvsl.DualEncoder):
     bn_momentum: Flax-convention BatchNorm momentum (0.9 = PyTorch 0.1).
     torch_running_var: PyTorch-style unbiased running-variance update.
     dtype: computation dtype.
+    audio_input: 'waveform' (the model computes the log spectrogram) | 'spectrogram' (given, as the official
+      code's input; parity tests).
+    sample_rate: Hz of the waveform.
   """
   num_classes: int
   resnet_width: int = 64
@@ -128,6 +131,8 @@ class AVGN(ezvsl.DualEncoder):
   bn_momentum: float = 0.9
   torch_running_var: bool = True
   dtype: Any = jnp.float32
+  audio_input: str = 'waveform'
+  sample_rate: float = 16000.0
 
   def setup(self):
     if self.attn_assign not in ('soft', 'hard'):
@@ -148,13 +153,13 @@ class AVGN(ezvsl.DualEncoder):
     """aud_feat [B, D] -> xa [B, C, D] (float32): the audio token grouped into every class."""
     return self.audio_encoder(aud_feat[:, None, :], self.av_token, train=train).astype(jnp.float32)
 
-  def __call__(self, image: jax.Array, spec: jax.Array, visual_class: jax.Array, audio_label: jax.Array,
+  def __call__(self, image: jax.Array, audio: jax.Array, visual_class: jax.Array, audio_label: jax.Array,
                *, train: bool) -> tuple[dict, dict]:
-    """Forward pass with all losses of spec §8.
+    """Forward pass with all losses of docs/avgn.md §8.
 
     Args:
       image: [B, H, W, 3] ImageNet-normalised frames.
-      spec: [B, F, T, 1] scaled log spectrograms.
+      audio: waveform [B, N] in [-1, 1] ([B, F, T, 1] log spectrograms with audio_input='spectrogram').
       visual_class: [B] int class of the visual source; selects xa[b, class] and is the visual BCE target.
       audio_label: [B, C] multi-hot classes audible in the mixture (audio BCE target).
       train: batch-stat BatchNorm, DropPath ('dropout' RNG) and Gumbel noise ('gumbel' RNG, hard only).
@@ -166,7 +171,7 @@ class AVGN(ezvsl.DualEncoder):
         'xv' / 'xa' [B, C, D], 'aud_selected' [B, D], 'S_logits' [B, B, h, w], 'av_cls_logits' [C, C],
         'logit_prob_v' / 'logit_prob_a' / 'prob_v' / 'prob_a' [B, C].
     """
-    img_feat, aud_feat = self.encode(image, spec, train=train)
+    img_feat, aud_feat = self.encode(image, audio, train=train)
     batch, height, width, dim = img_feat.shape
     xv = self.visual_encoder(
         img_feat.reshape(batch, height * width, dim), self.av_token, train=train).astype(jnp.float32)
@@ -212,7 +217,7 @@ class AVGN(ezvsl.DualEncoder):
     }
     return losses, outputs
 
-  def localize(self, image: jax.Array, spec: jax.Array, class_ids: jax.Array, *,
+  def localize(self, image: jax.Array, audio: jax.Array, class_ids: jax.Array, *,
                train: bool = False) -> jax.Array:
     """One map per source with that source's (ground-truth) class, the official multi-source evaluation.
 
@@ -220,14 +225,14 @@ class AVGN(ezvsl.DualEncoder):
 
     Args:
       image: [B, H, W, 3].
-      spec: [B, F, T, 1], the mixture spectrogram.
+      audio: the mixture's waveform [B, N] ([B, F, T, 1] with audio_input='spectrogram').
       class_ids: [B, S] int class of each source; -1 marks padding (its map is valid but meaningless).
       train: BatchNorm / DropPath mode (keep False for evaluation).
 
     Returns:
       raw localization logits [B, S, h, w] = <img_feat[b], xa[b, class_ids[b, s]]> / tau.
     """
-    img_feat, aud_feat = self.encode(image, spec, train=train)
+    img_feat, aud_feat = self.encode(image, audio, train=train)
     xa = self._audio_class_vectors(aud_feat, train=train)
     safe_ids = jnp.clip(class_ids, 0, self.num_classes - 1)
     source_vectors = jnp.take_along_axis(xa, safe_ids[..., None], axis=1)

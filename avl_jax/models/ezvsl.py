@@ -3,10 +3,12 @@
 Axis letters: B batch, S sources, H/W image height/width, h/w feature-map height/width, F freq bins,
 T frames, D token width.
 
-Both encoders follow spec avgn.md §2: an ImageNet ResNet-18 whose 7x7 map goes through a 1x1 conv
+Both encoders follow docs/avgn.md §2: an ImageNet ResNet-18 whose 7x7 map goes through a 1x1 conv
 (`img_proj`) and a channel L2 norm, and a 1-channel ResNet-18 on the spectrogram with a global max pool, a
-Linear (`aud_proj`) and an L2 norm. Names mirror the official state dict (`imgnet`, `audnet`, `img_proj`,
-`aud_proj`).
+Linear (`aud_proj`) and an L2 norm. The models take the waveform: the log spectrogram (`audio.
+avgn_log_spectrogram`, the official scipy front end) is computed inside, on the accelerator, unless
+`audio_input='spectrogram'` says the caller passes it (the official code's precomputed input, parity tests).
+Names mirror the official state dict (`imgnet`, `audnet`, `img_proj`, `aud_proj`).
 """
 from typing import Any, Sequence
 
@@ -14,8 +16,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from avl_jax import audio as audio_lib
 from avl_jax.models import layers
 from avl_jax.models import resnet
+
+AUDIO_INPUTS = ('waveform', 'spectrogram')
 
 
 def contrastive_logits(img_feat: jax.Array, audio_vectors: jax.Array, tau: float) -> jax.Array:
@@ -33,7 +38,7 @@ def contrastive_logits(img_feat: jax.Array, audio_vectors: jax.Array, tau: float
 
 
 def max_xmil_loss(logits: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """EZ-VSL max-pooled multiple-instance contrastive loss (spec §8 L_loc).
+  """EZ-VSL max-pooled multiple-instance contrastive loss (docs/avgn.md §8 L_loc).
 
   Args:
     logits: S [B, B, h, w] from `contrastive_logits`.
@@ -85,21 +90,26 @@ def own_map(img_feat: jax.Array, audio_vectors: jax.Array, tau: float) -> jax.Ar
   return jax.lax.stop_gradient(jnp.einsum('bhwd,bd->bhw', img_feat, audio_vectors) / tau)
 
 
-def diagonal_map(logits: jax.Array) -> jax.Array:
-  """The localization map of each sample against its own audio: S[b, b] [B, h, w], no gradient."""
-  batch = jnp.arange(logits.shape[0])
-  return jax.lax.stop_gradient(logits[batch, batch])
-
-
 class DualEncoder(nn.Module):
   """Base class: the two ResNet-18 encoders with projections. Not a model by itself.
 
   Subclasses declare the fields resnet_width, resnet_blocks, dim, bn_groups, bn_momentum, torch_running_var,
-  dtype, and call `setup_encoders()` from `setup()`.
+  dtype, audio_input, sample_rate, and call `setup_encoders()` from `setup()`.
   """
 
+  def audio_features(self, audio: jax.Array) -> jax.Array:
+    """The audio encoder's input: waveform [B, N] -> log spectrogram [B, F, T, 1] (audio_input='waveform'),
+    or the given spectrogram [B, F, T, 1] (audio_input='spectrogram')."""
+    if self.audio_input not in AUDIO_INPUTS:
+      raise ValueError(f'audio_input={self.audio_input!r}; expected one of {AUDIO_INPUTS}.')
+    if self.audio_input == 'spectrogram':
+      return audio
+    if audio.ndim != 2:
+      raise ValueError(f'audio_input=\'waveform\' expects a waveform [B, N]; got shape {audio.shape}.')
+    return audio_lib.avgn_log_spectrogram(audio.astype(jnp.float32), self.sample_rate)
+
   def setup_encoders(self) -> None:
-    """Creates `imgnet`, `audnet`, `img_proj`, `aud_proj` with the init of spec §5."""
+    """Creates `imgnet`, `audnet`, `img_proj`, `aud_proj` with the init of docs/avgn.md §5."""
     self.imgnet = resnet.ResNet(
         width=self.resnet_width, blocks=tuple(self.resnet_blocks), bn_momentum=self.bn_momentum,
         torch_running_var=self.torch_running_var, bn_groups=self.bn_groups, dtype=self.dtype)
@@ -114,12 +124,12 @@ class DualEncoder(nn.Module):
         bias_init=layers.torch_default_bias_init(backbone_width), dtype=self.dtype)
     self.aud_proj = layers.dense(self.dim, dtype=self.dtype)
 
-  def encode(self, image: jax.Array, spec: jax.Array, *, train: bool) -> tuple[jax.Array, jax.Array]:
+  def encode(self, image: jax.Array, audio: jax.Array, *, train: bool) -> tuple[jax.Array, jax.Array]:
     """Runs both encoders.
 
     Args:
       image: [B, H, W, 3] ImageNet-normalised frames.
-      spec: [B, F, T, 1] scaled log spectrograms.
+      audio: waveform [B, N] in [-1, 1] (or [B, F, T, 1] log spectrograms, see `audio_features`).
       train: batch statistics (train) or running statistics (eval) in the BatchNorms.
 
     Returns:
@@ -129,7 +139,7 @@ class DualEncoder(nn.Module):
     self.sow('intermediates', 'img_backbone', img_backbone)
     img_proj = self.img_proj(img_backbone)
     self.sow('intermediates', 'img_projected', img_proj)
-    aud_backbone = self.audnet(spec.astype(self.dtype), train=train)
+    aud_backbone = self.audnet(self.audio_features(audio).astype(self.dtype), train=train)
     self.sow('intermediates', 'aud_backbone', aud_backbone)
     aud_proj = self.aud_proj(aud_backbone)
     self.sow('intermediates', 'aud_projected', aud_proj)
@@ -152,6 +162,8 @@ class EZVSL(DualEncoder):
     bn_momentum: Flax-convention BatchNorm momentum (0.9 = PyTorch 0.1).
     torch_running_var: PyTorch-style unbiased running-variance update.
     dtype: computation dtype.
+    audio_input: 'waveform' (the model computes the log spectrogram) | 'spectrogram' (given).
+    sample_rate: Hz of the waveform (the spectrogram's frequency scaling).
   """
   num_classes: int = 0
   resnet_width: int = 64
@@ -163,17 +175,19 @@ class EZVSL(DualEncoder):
   bn_momentum: float = 0.9
   torch_running_var: bool = True
   dtype: Any = jnp.float32
+  audio_input: str = 'waveform'
+  sample_rate: float = 16000.0
 
   def setup(self):
     self.setup_encoders()
 
-  def __call__(self, image: jax.Array, spec: jax.Array, visual_class: jax.Array | None = None,
+  def __call__(self, image: jax.Array, audio: jax.Array, visual_class: jax.Array | None = None,
                audio_label: jax.Array | None = None, *, train: bool) -> tuple[dict, dict]:
     """Forward pass and loss; visual_class / audio_label are ignored (EZ-VSL uses no labels).
 
     Args:
       image: [B, H, W, 3].
-      spec: [B, F, T, 1].
+      audio: waveform [B, N] (or [B, F, T, 1], `audio_features`).
       visual_class: ignored.
       audio_label: ignored.
       train: training mode (BatchNorm batch statistics).
@@ -183,7 +197,7 @@ class EZVSL(DualEncoder):
       'aud_feat' [B, D], 'S_logits' [B, B, h, w] ([G, B/G, B/G, h, w] with loss_groups = G > 1)}.
     """
     del visual_class, audio_label
-    img_feat, aud_feat = self.encode(image, spec, train=train)
+    img_feat, aud_feat = self.encode(image, audio, train=train)
     img_feat, aud_feat = img_feat.astype(jnp.float32), aud_feat.astype(jnp.float32)
     loss_loc, pooled, logits = contrastive_loss(img_feat, aud_feat, self.tau, self.loss_groups)
     self.sow('intermediates', 'xmil_logits', pooled)
@@ -192,19 +206,19 @@ class EZVSL(DualEncoder):
                'S_logits': logits}
     return losses, outputs
 
-  def localize(self, image: jax.Array, spec: jax.Array, class_ids: jax.Array, *,
+  def localize(self, image: jax.Array, audio: jax.Array, class_ids: jax.Array, *,
                train: bool = False) -> jax.Array:
     """Class-agnostic maps: the same <img_feat, aud_feat> / tau for every source.
 
     Args:
       image: [B, H, W, 3].
-      spec: [B, F, T, 1].
+      audio: waveform [B, N] (or [B, F, T, 1], `audio_features`).
       class_ids: [B, S]; only S is used.
       train: BatchNorm mode (keep False for evaluation).
 
     Returns:
       raw localization logits [B, S, h, w].
     """
-    img_feat, aud_feat = self.encode(image, spec, train=train)
+    img_feat, aud_feat = self.encode(image, audio, train=train)
     maps = jnp.einsum('bhwd,bd->bhw', img_feat.astype(jnp.float32), aud_feat.astype(jnp.float32)) / self.tau
     return jnp.broadcast_to(maps[:, None], (maps.shape[0], class_ids.shape[1]) + maps.shape[1:])

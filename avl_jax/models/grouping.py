@@ -1,4 +1,4 @@
-"""GroupViT-style grouping of input tokens into class tokens (AVGN's GroupingBlock, spec §3.2).
+"""GroupViT-style grouping of input tokens into class tokens (AVGN's GroupingBlock, docs/avgn.md §3.2).
 
 Axis letters: B batch, L input tokens, C class (group) tokens, N heads, K head width, D token width.
 """

@@ -2,7 +2,7 @@
 
 Axis letters: B batch, H height, W width, L tokens, D channels/width.
 
-Flax defaults differ from PyTorch in several places that change numbers (spec avgn.md §15): LayerNorm eps
+Flax defaults differ from PyTorch in several places that change numbers (docs/avgn.md §15): LayerNorm eps
 (1e-6 vs 1e-5), GELU (tanh vs erf), BatchNorm's running variance (biased vs unbiased) and truncated-normal
 initialisers (cut at 2 sigma vs an absolute 2). Everything here uses the PyTorch behaviour.
 """
@@ -27,7 +27,7 @@ dense_kernel_init: Initializer = nn.initializers.normal(DENSE_INIT_STD)
 
 
 def normal_around_one(std: float) -> Initializer:
-  """Initialiser N(1, std^2), used for the audio ResNet's BatchNorm scales (spec §5)."""
+  """Initialiser N(1, std^2), used for the audio ResNet's BatchNorm scales (docs/avgn.md §5)."""
 
   def init(key: jax.Array, shape, dtype=jnp.float32) -> jax.Array:
     return 1.0 + std * jax.random.normal(key, shape, dtype)
@@ -46,7 +46,7 @@ def torch_default_bias_init(fan_in: int) -> Initializer:
 
 
 def dense(features: int, *, name: str | None = None, dtype: Any = jnp.float32) -> nn.Dense:
-  """A Linear layer with the transformer init of spec §5 step 3: weight N(0, 0.02^2), bias 0."""
+  """A Linear layer with the transformer init of docs/avgn.md §5 step 3: weight N(0, 0.02^2), bias 0."""
   return nn.Dense(
       features, dtype=dtype, kernel_init=dense_kernel_init, bias_init=nn.initializers.zeros, name=name)
 

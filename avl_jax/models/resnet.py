@@ -4,7 +4,7 @@ Axis letters: B batch, H height, W width (for spectrograms H = F freq bins, W = 
 
 Submodule names mirror torchvision's state-dict names (`conv1`, `bn1`, `layer1_0/conv1`,
 `layer2_0/downsample_0`, ...) so that converting ImageNet weights is a rename. Paddings are explicit
-(spec §15.4): 'SAME' would pad a stride-2 convolution asymmetrically and shift every feature.
+(docs/avgn.md §15.4): 'SAME' would pad a stride-2 convolution asymmetrically and shift every feature.
 """
 from typing import Any, Sequence
 

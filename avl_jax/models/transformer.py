@@ -1,4 +1,4 @@
-"""Pre-norm ViT transformer block with a fused qkv projection (AVGN's AttnBlock, spec §3.1).
+"""Pre-norm ViT transformer block with a fused qkv projection (AVGN's AttnBlock, docs/avgn.md §3.1).
 
 Axis letters: B batch, L tokens, N heads, K head width, D token width.
 """
@@ -15,7 +15,7 @@ class Attention(nn.Module):
   """Multi-head self-attention with one fused `qkv` Linear(D -> 3D) and an output `proj`.
 
   The fused output feature f = s * D + n * K + k, s in {q, k, v}: [q | k | v], heads contiguous inside each
-  (spec §15.5), which is the PyTorch layout of the converted checkpoints.
+  (docs/avgn.md §15.5), which is the PyTorch layout of the converted checkpoints.
   """
   num_heads: int
   dtype: Any = jnp.float32

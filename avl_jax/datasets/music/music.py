@@ -1,4 +1,4 @@
-"""`music`: MUSIC-Solo and MUSIC-Duet with the official AVGN train lists and DSOL test boxes (spec/datasets.md §2).
+"""`music`: MUSIC-Solo and MUSIC-Duet with the official AVGN train lists and DSOL test boxes (docs/datasets.md §2).
 
   python -m avl_jax.prepare --dataset=music/solo --data_dir=DATA --manual_dir=RAW
 

@@ -1,4 +1,4 @@
-"""`vgginstruments`: VGGSound-Instruments (Mix-and-Localize), single and multi (spec/datasets.md §3).
+"""`vgginstruments`: VGGSound-Instruments (Mix-and-Localize), single and multi (docs/datasets.md §3).
 
   python -m avl_jax.prepare --dataset=vgginstruments/multi --data_dir=DATA --manual_dir=RAW
 

@@ -1,4 +1,4 @@
-"""`vggsound`: VGGSound-Single and VGGSound-Duet, tested on VGG-SS (spec/datasets.md §4).
+"""`vggsound`: VGGSound-Single and VGGSound-Duet, tested on VGG-SS (docs/datasets.md §4).
 
   python -m avl_jax.prepare --dataset=vggsound/duet --data_dir=DATA --manual_dir=RAW
 

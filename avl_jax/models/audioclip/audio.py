@@ -19,7 +19,7 @@ import scipy.signal
 
 from avl_jax.models.audioclip import common
 
-# AudioCLIP's constructor values (spec §2.1).
+# AudioCLIP's constructor values (docs/tvsl.md §2.1).
 N_FFT = 2048
 HOP_LENGTH = 561
 WIN_LENGTH = 1654
@@ -51,7 +51,7 @@ def rescale_int16(waveform: jax.Array) -> jax.Array:
   """Maps int16-range samples to [-1, 1] as the official front end does: (x + 32768) * 2 / 65535 - 1.
 
   Every step rounds in float32 in this order, so a [-1, 1] input (T-VSL's loader) keeps only the bits of
-  (2x + 1) / 65535 that survive next to 1.0 (spec §10 `audio_scale`).
+  (2x + 1) / 65535 that survive next to 1.0 (docs/tvsl.md §10 `audio_scale`).
   """
   shifted = (waveform - INT16_MIN) * 2.0
   return common.exact_divide(shifted, INT16_MAX - INT16_MIN) - 1.0

@@ -1,7 +1,7 @@
 """CLIP's byte-level BPE tokenizer (AudioCLIP / T-VSL text input), numpy-only.
 
 Reads the standard merges file `bpe_simple_vocab_16e6.txt.gz` (not shipped with avl_jax; its location comes
-from the config). Behaviour (spec tvsl.md §2.3): ftfy fix -> HTML unescape twice -> strip -> collapse
+from the config). Behaviour (docs/tvsl.md §2.3): ftfy fix -> HTML unescape twice -> strip -> collapse
 whitespace -> lower-case; split with CLIP's pre-tokenisation pattern; each piece's UTF-8 bytes are mapped to
 printable characters, merged by BPE rank and looked up in the 49,408-entry vocabulary. `tokenize` wraps ids
 in <|startoftext|> ... <|endoftext|> and zero-pads to the context length.

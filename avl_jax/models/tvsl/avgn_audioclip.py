@@ -3,7 +3,7 @@
 Axis letters: B batch, C classes, S sources, h/w token grid (7x7 for a 224x224 frame), D AVGN width, E joint
 width (1024).
 
-Neither official code base has this model and spec tvsl.md does not define it; this is the simplest faithful
+Neither official code base has this model and docs/tvsl.md does not define it; this is the simplest faithful
 reading, documented here:
 
 * Image: one 224x224 frame (AVGN's input; CLIP-normalised) -> the frozen CLIP RN50 attention pool in token
@@ -12,8 +12,8 @@ reading, documented here:
 * Audio: the waveform -> the frozen ESResNeXt-fbsp global embedding [B, E] (AudioCLIP's audio embedding, the
   counterpart of AVGN's max-pooled audio ResNet) -> `aud_proj` (Dense E -> D) -> L2 norm = aud_feat [B, D].
 * Everything after the encoders (class tokens, grouping transformers, losses, maps) is AVGN unchanged; the
-  `spec` argument of AVGN's methods carries the waveform [B, S] or [B, 1, S].
-* The towers are frozen (`params.param_labels` leaves them to optax.set_to_zero) and follow T-VSL's switches:
+  `audio` argument of AVGN's methods is the waveform [B, S] or [B, 1, S] (the towers' own front end).
+* The towers are frozen (`params.FROZEN_PARAMS`: zero updates, no optimizer state) and follow T-VSL's switches:
   bn_mode 'train_stats' and audio_scale 'official' by default, so that a comparison with T-VSL differs in the
   head only. pos_interp defaults to 'grid_2d', which for a 7x7 grid is CLIP's own table without the CLS row
   (T-VSL's 1-D rule would stretch 49 rows onto 48 tokens and add the CLS row to token 0).
@@ -63,19 +63,19 @@ class AVGNAudioCLIP(avgn.AVGN):
                              bias_init=layers.torch_default_bias_init(self.embed_dim), dtype=self.dtype)
     self.aud_proj = layers.dense(self.dim, dtype=self.dtype)
 
-  def encode(self, image: jax.Array, spec: jax.Array, *, train: bool) -> tuple[jax.Array, jax.Array]:
+  def encode(self, image: jax.Array, audio: jax.Array, *, train: bool) -> tuple[jax.Array, jax.Array]:
     """Runs the frozen towers and the projections.
 
     Args:
       image: [B, H, W, 3] CLIP-normalised frames (224x224 -> a 7x7 token grid).
-      spec: the waveform [B, S] or [B, 1, S] (AVGN's second input slot).
+      audio: the waveform [B, S] or [B, 1, S].
       train: training step (tower BatchNorm per `bn_mode`; the projections have no BatchNorm).
 
     Returns:
       img_feat [B, H/32, W/32, D] and aud_feat [B, D], both L2-normalised over D.
     """
     tower_train = train and self.bn_mode == 'train_stats'
-    waveform = spec * base.INT16_SCALE if self.audio_scale == 'audioclip' else spec
+    waveform = audio * base.INT16_SCALE if self.audio_scale == 'audioclip' else audio
     if self.is_initializing():  # The unused text tower's parameters belong to the checkpoint layout.
       self.audioclip.encode_text(jnp.zeros((1, 2), jnp.int32))
     tokens = self.audioclip.encode_image(image, train=tower_train, return_tokens=True)

@@ -1,5 +1,5 @@
 """What the two-stage T-VSL and its single-stage ablation share: frozen AudioCLIP towers, the six gated adapters,
-text-guided conditioning and the localization maps (spec tvsl.md §2-§4, §10).
+text-guided conditioning and the localization maps (docs/tvsl.md §2-§4, §10).
 
 Axis letters: B batch, K sources per sample, C classes (text-bank rows), L image tokens (h * w), J audio
 tokens, D joint width (1024), H/W canvas height/width, h/w token grid (H / 32, W / 32).
@@ -138,7 +138,7 @@ class TVSLBase(nn.Module):
     return {'image_tokens': image_tokens, 'audio_tokens': audio_tokens, 'audio_embedding': audio_embedding}
 
   def adapt_tokens(self, image_tokens: jax.Array, audio_tokens: jax.Array) -> dict[str, jax.Array]:
-    """The token adapters (spec §4 steps 2-3).
+    """The token adapters (docs/tvsl.md §4 steps 2-3).
 
     Args:
       image_tokens: [B, L, D] raw tower tokens.
@@ -164,7 +164,7 @@ class TVSLBase(nn.Module):
 
   def condition(self, image_tokens: jax.Array, audio_tokens: jax.Array,
                 text: jax.Array) -> dict[str, jax.Array]:
-    """Text-guided visual and audio conditioning for K classes per sample (spec §4 steps 5-8).
+    """Text-guided visual and audio conditioning for K classes per sample (docs/tvsl.md §4 steps 5-8).
 
     Args:
       image_tokens: V [B, L, D] unit tokens.
@@ -190,7 +190,7 @@ class TVSLBase(nn.Module):
 
   def class_maps(self, image_tokens: jax.Array, image_mask: jax.Array, aud_query: jax.Array,
                  grid_hw: tuple[int, int]) -> jax.Array:
-    """The official eval branch (spec §4 step 9): h_k = n_tokens(n(G_iap(m_k * V)) . q_k).
+    """The official eval branch (docs/tvsl.md §4 step 9): h_k = n_tokens(n(G_iap(m_k * V)) . q_k).
 
     G_iap runs per conditioned token here, while training applies it to their mean (the release's
     train/test mismatch, kept).

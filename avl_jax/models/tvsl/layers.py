@@ -1,9 +1,9 @@
-"""T-VSL's trainable pieces and the arithmetic its heads share (spec tvsl.md §3-§5).
+"""T-VSL's trainable pieces and the arithmetic its heads share (docs/tvsl.md §3-§5).
 
 Axis letters: B batch, K sources per sample, C classes (text-bank rows), L tokens, D width (1024),
 G contrastive groups (devices), N items of a contrastive problem.
 
-Two normalisations appear in the official code and are kept apart on purpose (spec §13.8): `normalize`
+Two normalisations appear in the official code and are kept apart on purpose (docs/tvsl.md §13.8): `normalize`
 (x / ||x||, no epsilon) for tokens and embeddings, `normalize_eps` (PyTorch F.normalize, eps 1e-12) for the
 conditioning masks.
 """

@@ -1,4 +1,4 @@
-"""T-VSL (Mahmud et al., CVPR 2024) as released (github enyac-group/T-VSL), spec tvsl.md.
+"""T-VSL (Mahmud et al., CVPR 2024) as released (github enyac-group/T-VSL), docs/tvsl.md.
 
 Axis letters: B batch, K sources per sample, C classes (text-bank rows), L image tokens, J audio tokens,
 D joint width (1024), H/W canvas height/width, h/w token grid.
@@ -18,7 +18,7 @@ from avl_jax.models.tvsl import layers as tvsl_layers
 
 
 class TVSL(base.TVSLBase):
-  """Two-stage T-VSL. Defaults reproduce the official release (spec §10 column "official").
+  """Two-stage T-VSL. Defaults reproduce the official release (docs/tvsl.md §10 column "official").
 
   Inputs everywhere: canvas [B, H, W, 3] (CLIP-normalised, 224x448 = [own | partner]), waveform [B, S] or
   [B, 1, S] (mixture, 5 s at 44.1 kHz), text_bank [C, D] (unit class-text embeddings from
@@ -42,7 +42,7 @@ class TVSL(base.TVSLBase):
       resize of the 7x7 grid to the token grid, no CLS embedding).
     class_source: which classes drive `localize`: 'oracle' (official: the given ground-truth classes) or
       'predicted' (stage 1's top-K classes; no labels needed). Training always uses the given classes.
-    top_k: K of predicted-class inference; None = as many as the given class_rows have (spec §10).
+    top_k: K of predicted-class inference; None = as many as the given class_rows have (docs/tvsl.md §10).
     score_threshold: predicted mode: slots whose stage-1 probability sigma(z) is below it are invalid
       (the best class always stays), so the number of sources per sample varies up to top_k.
     invert_map: official post-processing inverts the min-max map before thresholding (`postprocess`);
@@ -65,11 +65,11 @@ class TVSL(base.TVSLBase):
 
   def stage1(self, mean_img_feature: jax.Array, mean_aud_feature: jax.Array,
              text_bank: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Multi-label class-instance detection against the text bank (spec §4 step 4).
+    """Multi-label class-instance detection against the text bank (docs/tvsl.md §4 step 4).
 
     s_ml = clamp(exp(logit_scale_ml), 1, 100) is the constant 100 in the release (exp(ln 100) > 100 in
     float32 saturates the clamp, so its gradient is exactly 0); it is read from the parameter and cut from
-    the gradient (spec §3).
+    the gradient (docs/tvsl.md §3).
 
     Args:
       mean_img_feature: [B, D] token mean of G_vp (unit-scale).

@@ -1,12 +1,12 @@
-"""Which T-VSL parameters train: everything outside the frozen AudioCLIP towers (spec tvsl.md §3).
+"""Which T-VSL parameters train: everything outside the frozen AudioCLIP towers (docs/tvsl.md §3).
 
 The official optimiser only sees `requires_grad` parameters: the six adapters and gates, `fusion_proj` and
 `logit_scale_ml` (33,576,967 values). Here the towers are cut from the gradient (`AudioCLIP(frozen=True)`),
-and `param_labels` / `trainable_mask` make optax leave them untouched as well (no Adam state for 134 M
-frozen values, no weight decay drift):
+and the optimizer leaves the parameters matching FROZEN_PARAMS untouched as well (no Adam state for 134 M
+frozen values, no weight decay drift). The training stack reads the rule from `config.optimizer.frozen`
+(set to FROZEN_PARAMS by the T-VSL configs); used directly:
 
-  tx = optax.multi_transform({'trainable': optax.adam(lr), 'frozen': optax.set_to_zero()},
-                             tvsl.param_labels(params))
+  tx = tvsl.optimizer(optax.adam(1e-2))   # = param_rules.freeze(optax.adam(1e-2), FROZEN_PARAMS)
 
 The towers' BatchNorm statistics are not parameters; with bn_mode='train_stats' the forward pass updates them
 (`mutable=['batch_stats']`), as the official training does.
@@ -14,37 +14,20 @@ The towers' BatchNorm statistics are not parameters; with bn_mode='train_stats' 
 from collections.abc import Mapping
 from typing import Any
 
-from flax import traverse_util
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-FROZEN_SUBTREES = ('audioclip',)
-TRAINABLE, FROZEN = 'trainable', 'frozen'
+from avl_jax import param_rules
+
+FROZEN_PARAMS = r'audioclip/.*'  # the AudioCLIP towers (a param_rules pattern on parameter paths)
 OFFICIAL_TRAINABLE_PARAMS = 33_576_967
 
 
-def _is_frozen(path: tuple[str, ...]) -> bool:
-  return bool(path) and path[0] in FROZEN_SUBTREES
-
-
-def param_labels(params: Mapping[str, Any]) -> Any:
-  """Pytree like `params` with 'trainable' / 'frozen' leaves (for optax.multi_transform)."""
-  flat = traverse_util.flatten_dict(dict(params))
-  return traverse_util.unflatten_dict({path: FROZEN if _is_frozen(path) else TRAINABLE for path in flat})
-
-
-def trainable_mask(params: Mapping[str, Any]) -> Any:
-  """Pytree like `params` with True for trainable leaves (for optax.masked / weight-decay masks)."""
-  flat = traverse_util.flatten_dict(dict(params))
-  return traverse_util.unflatten_dict({path: not _is_frozen(path) for path in flat})
-
-
-def optimizer(trainable_tx: optax.GradientTransformation,
-              params: Mapping[str, Any]) -> optax.GradientTransformation:
+def optimizer(trainable_tx: optax.GradientTransformation) -> optax.GradientTransformation:
   """`trainable_tx` on the trainable leaves, zero updates (and no state) for the frozen towers."""
-  return optax.multi_transform({TRAINABLE: trainable_tx, FROZEN: optax.set_to_zero()}, param_labels(params))
+  return param_rules.freeze(trainable_tx, FROZEN_PARAMS)
 
 
 def count_params(params: Mapping[str, Any], *, trainable: bool | None = None) -> int:
@@ -54,11 +37,9 @@ def count_params(params: Mapping[str, Any], *, trainable: bool | None = None) ->
     params: the 'params' collection.
     trainable: True counts the trainable leaves, False the frozen ones, None all.
   """
-  total = 0
-  for path, leaf in traverse_util.flatten_dict(dict(params)).items():
-    if trainable is None or trainable != _is_frozen(path):
-      total += int(np.prod(leaf.shape, dtype=np.int64))
-  return total
+  if trainable is None:
+    return param_rules.count(params)
+  return param_rules.count(params, param_rules.frozen_mask(params, FROZEN_PARAMS), frozen=not trainable)
 
 
 def abstract_variables(model, *, canvas_hw: tuple[int, int] = (224, 448), num_samples: int = 1654,

@@ -1,4 +1,4 @@
-"""T-VSL's evaluation post-processing (spec tvsl.md §8, metrics.md §1.2), shared by the model, eval and tests.
+"""T-VSL's evaluation post-processing (docs/tvsl.md §8, docs/metrics.md §1.2), shared by the model, eval and tests.
 
 Axis letters: B batch, K sources, h/w raw map (7x14), H/W canvas (224x448).
 

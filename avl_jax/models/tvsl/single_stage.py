@@ -1,4 +1,4 @@
-"""T-VSL's single-stage ablation as spec tvsl.md §11 defines it (`tvsl_single_stage`).
+"""T-VSL's single-stage ablation as docs/tvsl.md §11 defines it (`tvsl_single_stage`).
 
 Axis letters: B batch, K sources per sample, C classes (text-bank rows), L image tokens, J audio tokens,
 D joint width, h/w token grid.
@@ -19,7 +19,7 @@ from avl_jax.models.tvsl import layers as tvsl_layers
 class TVSLSingleStage(base.TVSLBase):
   """Single-stage T-VSL. Fields as `TVSL`, with these differences:
 
-  * label_order is ignored: the class index of a loss is the text-bank row ('consistent', spec §11.3).
+  * label_order is ignored: the class index of a loss is the text-bank row ('consistent', docs/tvsl.md §11.3).
   * class_source='predicted' ranks classes by the channel score rho_{b,n} = <a^cls_{b,n}, t_n> (the audio
     class feature conditioned on class n against its own text embedding), not by a stage-1 detector.
   * Repeated classes in a sample count once (the multi-hot label).
@@ -38,7 +38,7 @@ class TVSLSingleStage(base.TVSLBase):
       audio_tokens: [B, J, D] raw audio tokens.
       text_bank: T [C, D].
       class_rows: [B, K] bank rows of the classes in the mixture (-1 = padding); the set P of positives.
-      labels: ignored (the loss targets are the bank rows, spec §11.3).
+      labels: ignored (the loss targets are the bank rows, docs/tvsl.md §11.3).
       grid_hw: (h, w).
       with_maps: also compute the maps of the positive classes.
 
@@ -58,7 +58,7 @@ class TVSLSingleStage(base.TVSLBase):
     return losses, outputs
 
   def channel_scores(self, adapted: dict[str, jax.Array], text_bank: jax.Array) -> jax.Array:
-    """rho [B, C] = <n(G_acp(r_{b,n})), t_n> for every bank class, r = (1/J) M_a^T A (spec §11.4)."""
+    """rho [B, C] = <n(G_acp(r_{b,n})), t_n> for every bank class, r = (1/J) M_a^T A (docs/tvsl.md §11.4)."""
     audio_mask = tvsl_layers.normalize_eps(
         jnp.einsum('bjd,cd->bcj', adapted['audio_tokens'], text_bank), axis=-1)  # M_a [B, C, J]
     audio_mean = tvsl_layers.masked_mean(audio_mask, adapted['audio_tokens'])  # [B, C, D]

@@ -1,4 +1,4 @@
-"""T-VSL's class-text bank: the class names, their order, and their frozen text embeddings (spec tvsl.md §3, §7).
+"""T-VSL's class-text bank: the class names, their order, and their frozen text embeddings (docs/tvsl.md §3, §7).
 
 Axis letters: C classes, L context length (77), D joint width (1024).
 

@@ -1,29 +1,30 @@
-"""T-VSL in the training stack: the class-text bank of a dataset and the constants its steps need.
+"""The T-VSL family's constants: the class-text bank of a dataset and the label -> bank-row table.
 
 Axis letters: C bank rows (the dataset's classes, then any `config.text.extra_classes`), D joint width, K sources.
 
-The bank is `sorted(display names)` of the dataset's classes (the official order, spec tvsl.md §7), encoded
+The bank is `sorted(display names)` of the dataset's classes (the official order, docs/tvsl.md §7), encoded
 once by the frozen AudioCLIP text tower. Datasets number their classes by the sorted underscore names
 (`class_names` in the TFDS metadata), so a dataset label l maps to bank row `class_rows[l]`; with
 `label_order='official'` the losses use l itself as the bank column, which reproduces the official mismatch
 (VGG-SS: rows 29 and 30). Extra classes (zero-shot queries) are appended after the dataset's rows and never
 appear as labels.
 
-Constants (`TrainState.consts`, checkpointed with the state, replicated): 'text_bank' [C, D] float32 and
-'class_rows' [num_classes] int32.
+Constants (`make_consts`; replicated inputs of every step and localization call, never checkpointed: recomputed
+from the frozen text tower on every start, so extra zero-shot classes can be added to a trained model):
+'text_bank' [C, D] float32 and 'class_rows' [num_classes] int32.
 """
 import functools
 import os
 from typing import Any
 
 from absl import logging
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
 
 from avl_jax.datasets import metadata as metadata_lib
 from avl_jax.models.audioclip import tokenizer as tokenizer_lib
-from avl_jax.models.tvsl import base as tvsl_base
 from avl_jax.models.tvsl import text_bank as text_bank_lib
 
 
@@ -96,20 +97,4 @@ def make_consts(config: ml_collections.ConfigDict, model, params: Any) -> dict[s
 
 def rows_of(class_rows_table, source_class):
   """Bank rows of dataset labels [B, K] (-1 padding kept). Works on NumPy and jax arrays."""
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   return jnp.where(source_class >= 0, jnp.asarray(class_rows_table)[jnp.maximum(source_class, 0)], -1)
-
-
-def check_model_config(config: ml_collections.ConfigDict) -> None:
-  """Early, readable errors for T-VSL settings the input pipeline must match."""
-  ds = config.dataset
-  if ds.image_norm != "clip":
-    raise ValueError(f"config.dataset.image_norm={ds.image_norm!r}: {config.model_name} reads CLIP-normalised "
-                     "frames (set 'clip').")
-  for name in ("bn_mode", "audio_scale", "pos_interp", "class_source", "label_order"):
-    if name in config.model:
-      tvsl_base.check_choice(f"config.model.{name}", config.model[name],
-                             {"bn_mode": tvsl_base.BN_MODES, "audio_scale": tvsl_base.AUDIO_SCALES,
-                              "pos_interp": tvsl_base.POS_INTERPS, "class_source": tvsl_base.CLASS_SOURCES,
-                              "label_order": tvsl_base.LABEL_ORDERS}[name])
-

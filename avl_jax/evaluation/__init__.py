@@ -1,0 +1,1 @@
+"""Evaluation pieces: ground truth (`gt`), scoring (`scoring`) and result files (`writers`)."""

@@ -1,0 +1,77 @@
+"""The AVGN family: class-token models scored by the official AVGN protocol (docs/avgn.md, docs/metrics.md).
+
+Models: `avgn` (AVGN), `ezvsl` (EZ-VSL, class-agnostic maps), `avgn_audioclip` (AVGN's grouping head on the
+frozen AudioCLIP towers). They take (image [B, H, W, 3], waveform [B, N], visual_class [B], audio_label [B, C])
+for training and `localize(image, waveform, class_ids [B, S])` -> raw logits [B, S, h, w]; the log spectrogram
+(or the towers' own front end) is computed inside the model.
+
+Evaluation: oracle classes, each source localized on its own frame where the test set stores one
+(`source_image`), logits scored in the fixed range +-1/tau with the median binarisation of the official cIoU.
+"""
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from avl_jax import models
+from avl_jax.evaluation import writers
+from avl_jax.families import base
+
+# Frames each model expects (config.dataset.image_norm): the AudioCLIP towers read CLIP-normalised frames.
+IMAGE_NORM = {"avgn": None, "ezvsl": None, "avgn_audioclip": "clip"}
+
+
+class AVGNFamily(base.Family):
+  name = "avgn"
+  model_names = tuple(IMAGE_NORM)
+
+  def check_config(self, config: ml_collections.ConfigDict) -> None:
+    norm = IMAGE_NORM[config.model_name]
+    if norm and config.dataset.image_norm != norm:
+      raise ValueError(f"config.dataset.image_norm={config.dataset.image_norm!r}: {config.model_name} reads "
+                       f"{norm!r}-normalised frames (set --config.dataset.image_norm={norm}).")
+
+  def tau(self, config: ml_collections.ConfigDict) -> float:
+    """The model's temperature: config.model.tau, else the model's own default."""
+    return float(config.model.get("tau", models.MODELS[config.model_name].tau))
+
+  def dummy_inputs(self, config: ml_collections.ConfigDict, batch: int) -> dict[str, jax.Array]:
+    ds = config.dataset
+    return dict(image=jnp.zeros((batch, ds.image_size, ds.image_size, 3), jnp.float32),
+                audio=jnp.zeros((batch, base.num_samples(config)), jnp.float32),
+                visual_class=jnp.zeros((batch,), jnp.int32),
+                audio_label=jnp.zeros((batch, ds.num_classes), jnp.float32))
+
+  def train_apply(self, model, variables, consts, batch, rngs):
+    del consts
+    return model.apply(variables, batch["image"], batch["waveform"], batch["visual_class"], batch["audio_label"],
+                       train=True, rngs=rngs, mutable=["batch_stats"])
+
+  def localize(self, config, model, variables, consts, image, waveform, class_ids):
+    del config, consts
+    maps = model.apply(variables, image, waveform, jnp.maximum(class_ids, 0), train=False, method=model.localize)
+    return {"maps": maps}
+
+  def eval_views(self, config, batch, partner_frames):
+    del config, partner_frames
+    if "source_image" in batch:  # each source on its own frame with the shared mixture (official validate_multi)
+      views = [(batch["source_image"][:, s], s) for s in range(batch["source_image"].shape[1])]
+    else:
+      views = [(batch["image"], None)]
+    return base.EvalViews(images=views, frames=batch["image_uint8"])
+
+  def scoring_inputs(self, config, pred, example_idx, source_idx, gt, nbox):
+    del nbox
+    return base.ScoringInputs(raw_maps=pred["maps"][example_idx, source_idx], gt=gt, map_range="logits",
+                              tau=self.tau(config))
+
+  def result_fields(self, config):
+    return {"map_range": "logits", "tau": self.tau(config)}
+
+  def draw(self, path: str, config, pred: dict[str, Any], n: int) -> None:
+    writers.write_heatmaps(path, pred["image_uint8"][:n], pred["maps"][:n], pred["boxes"][:n],
+                           pred["box_source"][:n], pred["source_class"][:n], self.tau(config))
+
+
+FAMILY = AVGNFamily()

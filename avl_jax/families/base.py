@@ -1,0 +1,141 @@
+"""The model-family interface: everything the generic train and eval code needs to know about a model.
+
+A family groups models that take the same inputs and are scored the same way. The training loop
+(`avl_jax/train.py`), the evaluator (`avl_jax/eval_lib.py`) and the binaries call only these methods, so a new
+family is one file here (plus its model under `avl_jax/models/`) and one line in `families/__init__.py`.
+
+Axis letters: B batch, S sources (slots), N audio samples, H/W frame height/width, h/w map height/width,
+M scored (example, source) items.
+"""
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from avl_jax import models
+
+
+def num_samples(config: ml_collections.ConfigDict) -> int:
+  """Audio samples per example: config.dataset.audio_seconds at config.dataset.sample_rate."""
+  return int(round(config.dataset.audio_seconds * config.dataset.sample_rate))
+
+
+@dataclasses.dataclass
+class EvalViews:
+  """How the model sees one eval batch.
+
+  Attributes:
+    images: (normalised frames [b, H, W', 3], source slot) pairs: the model is called once per pair with the
+      batch's mixture; slot None keeps every source's map, slot s only map s (per-source frames).
+    frames: [b, H, W', 3] uint8, what the heat-map PNG draws under the maps.
+    canvas: the frames are the [own | partner] canvas (GT of source s goes on half s).
+  """
+  images: list[tuple[np.ndarray, int | None]]
+  frames: np.ndarray
+  canvas: bool = False
+
+
+@dataclasses.dataclass
+class ScoringInputs:
+  """What the scorer needs from a family for one split.
+
+  Attributes:
+    raw_maps: [M, h, w] the map scored for each item (in `map_range` units).
+    gt: [M, H, W] the GT of each item (may be re-placed, e.g. on a canvas).
+    map_range: `avl_jax.metrics.postprocess.map_scores` range: 'logits' | 'unit' | 'minmax'.
+    binarize: 'median' (official AVGN cIoU) | 'fixed' (score >= threshold).
+    threshold: the fixed threshold ('fixed' only).
+    tau: temperature of 'logits' maps (None for the other ranges).
+    extra: fields added to the result JSON (e.g. class_recall).
+  """
+  raw_maps: np.ndarray
+  gt: np.ndarray
+  map_range: str
+  binarize: str = "median"
+  threshold: float = 0.5
+  tau: float | None = None
+  extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+class Family:
+  """Base class; subclasses set `name`, `model_names` and override what differs."""
+  name: str = ""
+  model_names: tuple[str, ...] = ()
+  supports_prediction_files: bool = True  # `--save_predictions` (the predictions-file schema)
+
+  # ---------------------------------------------------------------------------------------------- model
+  def check_config(self, config: ml_collections.ConfigDict) -> None:
+    """Raises a ValueError naming the field for settings this family cannot run (called before any work)."""
+
+  def model_fields(self, config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """Constructor arguments of `config.model_name` from config.model (plus what the family derives)."""
+    fields = config.model.to_dict()
+    if config.model.get("dtype"):
+      fields["dtype"] = jnp.dtype(config.model.dtype)
+    valid = models.model_fields(models.MODELS[config.model_name])
+    if "num_classes" in valid:
+      fields["num_classes"] = config.dataset.num_classes
+    if "sample_rate" in valid:
+      fields["sample_rate"] = float(config.dataset.sample_rate)
+    return fields
+
+  def create_model(self, config: ml_collections.ConfigDict) -> nn.Module:
+    self.check_config(config)
+    return models.get_model(config.model_name, **self.model_fields(config))
+
+  def dummy_inputs(self, config: ml_collections.ConfigDict, batch: int) -> dict[str, jax.Array]:
+    """Keyword arguments of `model.init` (besides train=False) with the run's shapes."""
+    raise NotImplementedError
+
+  # ---------------------------------------------------------------------------------------------- constants
+  def abstract_consts(self, config: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
+    """Zero placeholders of the constant model inputs that are not parameters (shapes from the config)."""
+    del config
+    return {}
+
+  def make_consts(self, config: ml_collections.ConfigDict, model: nn.Module, params: Any) -> dict[str, Any]:
+    """The constant model inputs, computed from the (restored) parameters; never checkpointed."""
+    del config, model, params
+    return {}
+
+  # ---------------------------------------------------------------------------------------------- training
+  def train_apply(self, model: nn.Module, variables: dict[str, Any], consts: dict[str, Any],
+                  batch: dict[str, jax.Array], rngs: dict[str, jax.Array]) -> tuple[tuple[dict, dict], dict]:
+    """((losses, outputs), new model state) of one training forward pass (`mutable=['batch_stats']`)."""
+    raise NotImplementedError
+
+  # ---------------------------------------------------------------------------------------------- evaluation
+  def localize(self, config: ml_collections.ConfigDict, model: nn.Module, variables: dict[str, Any],
+               consts: dict[str, Any], image: jax.Array, waveform: jax.Array,
+               class_ids: jax.Array) -> dict[str, jax.Array]:
+    """Runs inside jit. Returns {'maps': raw maps [B, S, h, w], ...}; extra [B, ...] arrays are kept per row.
+
+    Args:
+      image: [B, H, W', 3] normalised frames (an `EvalViews.images` entry).
+      waveform: [B, N] the mixture.
+      class_ids: [B, S] dataset labels of the sources (-1 padding): the oracle classes.
+    """
+    raise NotImplementedError
+
+  def eval_views(self, config: ml_collections.ConfigDict, batch: dict[str, np.ndarray],
+                 partner_frames: bool) -> EvalViews:
+    """The frames the model sees for a host batch of `input_pipeline.create_eval_dataset`."""
+    del config, partner_frames
+    return EvalViews(images=[(batch["image"], None)], frames=batch["image_uint8"])
+
+  def scoring_inputs(self, config: ml_collections.ConfigDict, pred: dict[str, Any], example_idx: np.ndarray,
+                     source_idx: np.ndarray, gt: np.ndarray, nbox: np.ndarray) -> ScoringInputs:
+    """The scored map, GT and rules of every (example, source) item (`eval_lib.evaluate_split`)."""
+    raise NotImplementedError
+
+  def result_fields(self, config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """Fields of the result JSON that describe the maps (their range, tau where it applies)."""
+    raise NotImplementedError
+
+  def draw(self, path: str, config: ml_collections.ConfigDict, pred: dict[str, Any], n: int) -> None:
+    """Writes the heat-map PNG of the first n predicted examples to `path`."""
+    raise NotImplementedError

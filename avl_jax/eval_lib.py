@@ -168,7 +168,7 @@ def evaluate_all(config, model, variables, mesh, workdir: str, step: int, writer
   for split in (config.dataset.eval_splits if splits is None else splits):
     results[split] = evaluate_split(config, model, variables, mesh, workdir, step, split, localize_fn,
                                     consts=consts, save_predictions=save_predictions)
-    logging.info("Eval %s at step %d:\n%s", split, step, writers.format_table(results[split]))
+    logging.info("Eval:\n%s", writers.format_result(results[split]))
     if writer is not None:
       scalars = {f"eval/{split}/{k}": v for k, v in results[split]["metrics"]["model"].items()
                  if isinstance(v, (int, float, np.floating)) and k != "n_samples"}

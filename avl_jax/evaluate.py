@@ -42,6 +42,7 @@ import numpy as np  # noqa: E402
 from avl_jax import checkpointing  # noqa: E402
 from avl_jax import eval_lib  # noqa: E402
 from avl_jax import input_pipeline  # noqa: E402
+from avl_jax import logs  # noqa: E402
 from avl_jax import sharding  # noqa: E402
 from avl_jax import train  # noqa: E402
 from avl_jax.evaluation import writers  # noqa: E402
@@ -336,9 +337,8 @@ def _check_flags() -> None:
 
 
 def _print_results(results: dict[str, Any]) -> None:
-  for split, result in results.items():
-    print(f"\n{split} (step {result['step']}, {result['num_examples']} examples, {result['num_items']} sources, "
-          f"protocol {result['protocol']}):\n{writers.format_table(result)}")
+  for result in results.values():
+    print(f"\n{writers.format_result(result)}")
 
 
 def _fail(error: Exception, code: int) -> None:
@@ -377,6 +377,7 @@ def _run() -> None:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  logs.setup()
   _check_flags()
   try:
     _run()

@@ -4,7 +4,8 @@ r"""Training binary.
 
 Flags: --config (a config file, optionally `:arg` string; override any field with --config.FIELD=VALUE; an
 unknown field is an error), --distributed (multi-host), --workdir (checkpoints, TensorBoard logs, config.json and
-eval results; rerunning with the same workdir resumes from its latest checkpoint).
+eval results; rerunning with the same workdir resumes from its latest checkpoint). The log shows avl_jax's lines
+and other libraries' warnings; --verbosity=1 adds every library's INFO lines (Orbax, TFDS, grain).
 """
 import os
 
@@ -16,6 +17,7 @@ from absl import logging  # noqa: E402
 import jax  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from avl_jax import logs  # noqa: E402
 from avl_jax import train  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
@@ -28,6 +30,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  logs.setup()
   if _DISTRIBUTED.value:
     jax.distributed.initialize()
   # Keep TensorFlow (used only by TFDS/clu writers) off accelerators.

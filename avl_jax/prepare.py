@@ -17,6 +17,7 @@ from absl import flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from avl_jax import datasets  # noqa: E402  (registers the builders)
+from avl_jax import logs  # noqa: E402
 
 _DATASET = flags.DEFINE_string("dataset", None, "TFDS name[/config] to build (default: the --config's "
                                "dataset.name, else synthetic_av/default).")
@@ -33,6 +34,7 @@ _MANUAL_DIR = flags.DEFINE_string(
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  logs.setup()
   name, data_dir = _DATASET.value, _DATA_DIR.value
   if _CONFIG.value is not None:
     name = name or _CONFIG.value.dataset.name

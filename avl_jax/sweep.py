@@ -15,6 +15,7 @@ from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 import jax  # noqa: E402
 
+from avl_jax import logs  # noqa: E402
 from avl_jax import sweep_lib  # noqa: E402
 
 _CONFIG = flags.DEFINE_string("config", None, "Sweep config file (defines get_config and get_sweep).")
@@ -28,6 +29,7 @@ _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the cells and their comman
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  logs.setup()
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   tf.config.set_visible_devices([], "GPU")  # TensorFlow (TFDS, clu writers) stays off accelerators.
   jax.config.update("jax_threefry_partitionable", True)

@@ -3,6 +3,7 @@
 Start order: the workdir's own latest checkpoint (resume) -> config.init_from (converted weights, e.g. ImageNet
 ResNet-18, on top of a fresh init) -> scratch.
 """
+import contextlib
 import dataclasses
 import functools
 import json
@@ -263,10 +264,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       state = apply_init_from(state, config.init_from, mesh)
   consts = make_consts(setup, state.params, mesh)
   start_step = int(state.step)
-  if start_step == 0:
-    logging.info("Parameter overview:\n%s", parameter_overview.get_parameter_overview(state.params))
   num_params = param_rules.count(state.params)
-  logging.info("Model %s with %s parameters.", config.model_name, f"{num_params:,}")
+  overview = ""
+  if jax.process_index() == 0:  # every parameter's shape, size and statistics, in a file (not the log)
+    overview = os.path.join(workdir, "parameters.txt")
+    with open(overview, "w") as f:
+      f.write(parameter_overview.get_parameter_overview(state.params) + "\n")
+  logging.info("Model %s with %s parameters (step %d; table: %s).", config.model_name, f"{num_params:,}",
+               start_step, overview)
   if config.optimizer.get("frozen"):
     frozen = param_rules.frozen_mask(state.params, config.optimizer.frozen)
     logging.info("Trainable (outside config.optimizer.frozen=%r): %s.", config.optimizer.frozen,
@@ -278,7 +283,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   collection = None
   pending = None  # (metrics, step) of the previous step, checked one step late so dispatch stays async.
   step = start_step
-  with jax.set_mesh(mesh), StopRequest() as stop:
+  # closing: stops grain's worker processes and frees their shared memory on every exit path.
+  with jax.set_mesh(mesh), StopRequest() as stop, contextlib.closing(train_iter):
     while step < config.num_train_steps:
       with jax.profiler.StepTraceAnnotation("train", step_num=step):
         batch = sharding.host_to_global(next(train_iter), mesh)

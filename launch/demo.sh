@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The demo: bash launch/demo.sh [workdir] [config arguments]
-# Builds synthetic_av/default, trains AVGN (small CPU variant) on it, evaluates test_single and test_duet with
-# the centre-prior and random baselines, and writes JSON results and heat-map PNGs to the workdir
-# (default workdirs/demo_avgn). Config arguments go to configs/synthetic_av.py, e.g. `tiny,steps=20` for a
+# Builds synthetic_av/default, trains AVGN (small CPU variant) on it, evaluates the final checkpoint once on
+# test_single and test_duet with the centre-prior and random baselines, and writes JSON results and heat-map
+# PNGs to the workdir (default workdirs/demo_avgn). Config arguments go to configs/synthetic_av.py, e.g. `tiny,steps=20` for a
 # one-minute smoke run on synthetic_av/tiny. AVL_DATA_DIR: where the dataset is built (default data/tfds).
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh" ""
 WORKDIR="$(absolute "${1:-$REPO/workdirs/demo_avgn}")"
@@ -11,9 +11,8 @@ CONFIG="configs/synthetic_av.py:data_dir=$DATA_DIR${2:+,$2}"
 start=$(date +%s)
 echo "[avl_jax] building the config's dataset in $DATA_DIR"
 python -m avl_jax.prepare --config="$CONFIG"
-echo "[avl_jax] training AVGN into $WORKDIR (resumes if it already has checkpoints)"
-python -m avl_jax.main --config="$CONFIG" --workdir="$WORKDIR" --alsologtostderr=false
-echo "[avl_jax] evaluating the final checkpoint"
-python -m avl_jax.evaluate --config="$CONFIG" --workdir="$WORKDIR"
+echo "[avl_jax] training AVGN into $WORKDIR (resumes if it already has checkpoints); the run ends by evaluating"
+echo "[avl_jax] its final checkpoint (tables below; re-score any checkpoint with python -m avl_jax.evaluate)"
+python -m avl_jax.main --config="$CONFIG" --workdir="$WORKDIR"
 echo "[avl_jax] results: $WORKDIR/eval/*.json, heat maps: $WORKDIR/eval/*.png"
 echo "[avl_jax] demo finished in $(( $(date +%s) - start )) s"

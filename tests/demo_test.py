@@ -19,6 +19,9 @@ def test_demo_script_builds_trains_evaluates_with_relative_paths(tmp_path):
   output = result.stdout + result.stderr
   assert result.returncode == 0, output[-3000:]
   assert "demo finished in" in result.stdout
+  # A readable log: no Orbax internals, the final checkpoint evaluated once (one table per split).
+  assert "checkpoint_manager.py" not in output and "atomicity.py" not in output
+  assert output.count("test_duet (step 2,") == 1 and output.count("test_single (step 2,") == 1
   # The workdir and the dataset land where the caller pointed, not in the repository.
   assert (tmp_path / "data" / "synthetic_av" / "tiny").is_dir()
   for split in ("test_single", "test_duet"):

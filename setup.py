@@ -46,11 +46,13 @@ setuptools.setup(
     name="avl_jax",
     version="0.1.0",
     description="AVGN and T-VSL sound-source localization in JAX/Flax, with TFDS/grain data and Orbax checkpoints.",
-    packages=setuptools.find_packages(include=["avl_jax", "avl_jax.*"]),
+    # Namespace discovery also lists avl_jax/datasets/metadata/, a folder of data files (the module of the same
+    # name, metadata.py, reads it), so setuptools ships it without its "package would be ignored" warning.
+    packages=setuptools.find_namespace_packages(include=["avl_jax", "avl_jax.*"], exclude=["*.__pycache__"]),
     python_requires=">=3.11,<3.12",
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,
     include_package_data=True,
     # The official metadata files bundled with the real-dataset builders (Apache-2.0, see their README).
-    package_data={"avl_jax.datasets": ["metadata/*"]},
+    package_data={"avl_jax.datasets.metadata": ["*"]},
 )

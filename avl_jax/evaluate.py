@@ -75,11 +75,9 @@ _SAVE_PREDICTIONS = flags.DEFINE_boolean(
 _PREDICTIONS = flags.DEFINE_string(
     "predictions", None, "Score the saved maps of this .npz (schema: avl_jax/metrics/predictions.py, README) "
     "without a model; no --config or --workdir.")
-# allow_override: the converter binary (avl_jax/convert/__main__.py) also defines a string --output, and the test
-# suite imports both modules into one process; the later definition replaces the earlier and both read it by name.
 _OUTPUT = flags.DEFINE_string(
     "output", None, "With --predictions: the result JSON (default: the .npz path with .json); the per-item CSV "
-    "(and, if the file has frames, the PNG) are written beside it.", allow_override=True)
+    "(and, if the file has frames, the PNG) are written beside it.")
 _MAP_RANGE = flags.DEFINE_enum(
     "map_range", None, list(predictions.MAP_RANGES), "With --predictions: what the map values are: 'logits' "
     "(fixed range +-1/tau), 'unit' (scores in [0, 1]), 'minmax' (anything; per-map min-max). Default: the "
@@ -337,8 +335,8 @@ def _check_flags() -> None:
 
 
 def _print_results(results: dict[str, Any]) -> None:
-  for result in results.values():
-    print(f"\n{writers.format_result(result)}")
+  for name, result in results.items():
+    print(f"\n{writers.format_result(result, name)}")
 
 
 def _fail(error: Exception, code: int) -> None:

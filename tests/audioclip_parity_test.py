@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from avl_jax import checkpointing
-from avl_jax.convert import __main__ as convert_main
+from avl_jax.convert import convert_lib
 from avl_jax.convert import audioclip_weights
 from avl_jax.models.audioclip import audio as audio_lib
 from avl_jax.models.audioclip import common
@@ -307,7 +307,7 @@ def test_convert_cli_audio_checkpoint(golden_state_dict, variables, tmp_path):
   """`python -m avl_jax.convert --format=audioclip` on an ESRNXFBSP-style .npz (no torch needed)."""
   path = tmp_path / 'ESRNXFBSP.npz'
   np.savez(path, **{k[len('audio.'):]: v for k, v in golden_state_dict.items() if k.startswith('audio.')})
-  metadata = convert_main.convert('audioclip', str(path), str(tmp_path / 'out'))
+  metadata = convert_lib.convert('audioclip', str(path), str(tmp_path / 'out'))
   assert metadata['checkpoint_kind'] == 'esresnext_fbsp' and metadata['parts'] == ['audio']
   loaded, saved_metadata = checkpointing.load_variables(str(tmp_path / 'out'))
   assert saved_metadata['format'] == 'audioclip' and saved_metadata['num_parameters'] == metadata['num_parameters']

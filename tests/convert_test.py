@@ -11,7 +11,7 @@ import pytest
 from avl_jax import checkpointing
 from avl_jax import sharding
 from avl_jax import train
-from avl_jax.convert import __main__ as convert_main
+from avl_jax.convert import convert_lib
 from avl_jax.convert import avgn_weights
 from avl_jax.models import avgn
 from avl_jax.models import resnet
@@ -48,7 +48,7 @@ def test_avgn_torch_roundtrip_infers_fields(tmp_path):
   variables, state_dict = _official_checkpoint(**TINY_FIELDS)
   path = tmp_path / "best.npz"
   np.savez(path, **state_dict)
-  metadata = convert_main.convert("avgn_torch", str(path), str(tmp_path / "out"), num_heads=4)
+  metadata = convert_lib.convert("avgn_torch", str(path), str(tmp_path / "out"), num_heads=4)
   assert metadata["model"] == {**TINY_FIELDS, "resnet_blocks": (1, 1, 1, 1)}
   assert metadata["num_classes"] == 8 and metadata["model_name"] == "avgn"
   assert len(metadata["source_sha256"]) == 64
@@ -60,7 +60,7 @@ def test_avgn_torch_roundtrip_infers_fields(tmp_path):
     np.testing.assert_array_equal(got[key], expected[key], err_msg="/".join(key))
   # A second conversion into the same directory is refused, not overwritten.
   with pytest.raises(FileExistsError):
-    convert_main.convert("avgn_torch", str(path), str(tmp_path / "out"), num_heads=4)
+    convert_lib.convert("avgn_torch", str(path), str(tmp_path / "out"), num_heads=4)
 
 
 def test_avgn_torch_bad_keys_are_clear_errors(tmp_path):
@@ -68,21 +68,21 @@ def test_avgn_torch_bad_keys_are_clear_errors(tmp_path):
   extra = dict(state_dict, **{"module.fc_extra.weight": np.zeros((3, 3), np.float32)})
   np.savez(tmp_path / "extra.npz", **extra)
   with pytest.raises(ValueError, match=r"Unexpected key 'fc_extra.weight' \(shape \(3, 3\)\)"):
-    convert_main.convert("avgn_torch", str(tmp_path / "extra.npz"), str(tmp_path / "o1"), num_heads=4)
+    convert_lib.convert("avgn_torch", str(tmp_path / "extra.npz"), str(tmp_path / "o1"), num_heads=4)
   bad = dict(state_dict)
   bad["module.aud_proj.weight"] = np.zeros((32, 7), np.float32)
   np.savez(tmp_path / "bad.npz", **bad)
   with pytest.raises(ValueError, match=r"Shape mismatch for 'aud_proj.weight': state dict has \(32, 7\), "
                                        r"the model expects \(32, 64\)"):
-    convert_main.convert("avgn_torch", str(tmp_path / "bad.npz"), str(tmp_path / "o2"), num_heads=4)
+    convert_lib.convert("avgn_torch", str(tmp_path / "bad.npz"), str(tmp_path / "o2"), num_heads=4)
   missing = {k: v for k, v in state_dict.items() if k != "module.fc_cls.bias"}
   np.savez(tmp_path / "missing.npz", **missing)
   with pytest.raises(ValueError, match=r"1 key\(s\) missing from the state dict, e.g. \['fc_cls.bias'\]"):
-    convert_main.convert("avgn_torch", str(tmp_path / "missing.npz"), str(tmp_path / "o3"), num_heads=4)
+    convert_lib.convert("avgn_torch", str(tmp_path / "missing.npz"), str(tmp_path / "o3"), num_heads=4)
   with pytest.raises(ValueError, match="num_heads=5 does not divide the token width D=32"):
-    convert_main.convert("avgn_torch", str(tmp_path / "missing.npz"), str(tmp_path / "o4"), num_heads=5)
+    convert_lib.convert("avgn_torch", str(tmp_path / "missing.npz"), str(tmp_path / "o4"), num_heads=5)
   with pytest.raises(FileNotFoundError, match="does not exist"):
-    convert_main.convert("avgn_torch", str(tmp_path / "nope.pth"), str(tmp_path / "o5"))
+    convert_lib.convert("avgn_torch", str(tmp_path / "nope.pth"), str(tmp_path / "o5"))
   assert not any(os.path.exists(tmp_path / f"o{i}" / "variables") for i in range(1, 6))
 
 
@@ -95,7 +95,7 @@ def test_torchvision_resnet18_to_imgnet_subtree(tmp_path):
   state_dict["fc.bias"] = np.zeros((1000,), np.float32)
   assert len(state_dict) == 122  # As torchvision's resnet18 state dict (incl. num_batches_tracked, fc).
   np.savez(tmp_path / "resnet18.npz", **state_dict)
-  metadata = convert_main.convert("torchvision_resnet18", str(tmp_path / "resnet18.npz"), str(tmp_path / "r18"))
+  metadata = convert_lib.convert("torchvision_resnet18", str(tmp_path / "resnet18.npz"), str(tmp_path / "r18"))
   assert metadata["subtree"] == "imgnet" and metadata["num_parameters"] == 11_176_512 + 9_600
   loaded, _ = checkpointing.load_variables(str(tmp_path / "r18"))
   assert set(loaded) == {"params", "batch_stats"} and set(loaded["params"]) == {"imgnet"}
@@ -108,7 +108,7 @@ def test_init_from_replaces_variables_and_rejects_mismatches(tiny_config, tmp_pa
   config = tiny_config
   variables, state_dict = _official_checkpoint(num_classes=config.dataset.num_classes, seed=5, **TINY_FIELDS)
   np.savez(tmp_path / "tiny.npz", **state_dict)
-  convert_main.convert("avgn_torch", str(tmp_path / "tiny.npz"), str(tmp_path / "tiny"), num_heads=4)
+  convert_lib.convert("avgn_torch", str(tmp_path / "tiny.npz"), str(tmp_path / "tiny"), num_heads=4)
   mesh = sharding.create_mesh(config.mesh)
   fresh = train.build(config, mesh).init_fn(jax.random.PRNGKey(0))
   state = train.apply_init_from(fresh, str(tmp_path / "tiny"), mesh)
@@ -151,14 +151,14 @@ def test_evaluate_converted_weights(tiny_config, tmp_path):
   config.dataset.eval_splits = ("test_duet",)
   _, state_dict = _official_checkpoint(num_classes=config.dataset.num_classes, seed=7, **TINY_FIELDS)
   np.savez(tmp_path / "best.npz", **state_dict)
-  convert_main.convert("avgn_torch", str(tmp_path / "best.npz"), str(tmp_path / "weights"), num_heads=4)
+  convert_lib.convert("avgn_torch", str(tmp_path / "best.npz"), str(tmp_path / "weights"), num_heads=4)
   results = evaluate.evaluate_weights(config, str(tmp_path / "work"), str(tmp_path / "weights"))
   assert results["test_duet"]["step"] == 0 and results["test_duet"]["num_items"] > 0
   assert os.path.exists(tmp_path / "work" / "eval" / "test_duet_0.json")
   # Negative BatchNorm variances make NaN maps: refused with a clear error, not scored as garbage.
   broken = {k: (-v if k.endswith("running_var") else v) for k, v in state_dict.items()}
   np.savez(tmp_path / "broken.npz", **broken)
-  convert_main.convert("avgn_torch", str(tmp_path / "broken.npz"), str(tmp_path / "broken"), num_heads=4)
+  convert_lib.convert("avgn_torch", str(tmp_path / "broken.npz"), str(tmp_path / "broken"), num_heads=4)
   with pytest.raises(FloatingPointError, match="non-finite heat maps"):
     evaluate.evaluate_weights(config, str(tmp_path / "work_broken"), str(tmp_path / "broken"))
   # A partial set (the encoder only) cannot be evaluated on its own.

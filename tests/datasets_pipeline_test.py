@@ -7,6 +7,7 @@ import sys
 import numpy as np
 import pytest
 
+from avl_jax import audio
 from avl_jax import config_lib
 from avl_jax import input_pipeline
 from avl_jax.datasets import fake_raw
@@ -94,7 +95,7 @@ def test_duet_eval_uses_the_fixed_partner(data_dirs, setting):
   for b in range(3):
     record = source[b]
     partner = {"id": b"p", "sample_rate": record["sample_rate"], "waveform": record["partner_waveform"]}
-    expected = own_only["waveform"][b] + input_pipeline.audio_window(partner, 16000, 16000) / 32767.0
+    expected = own_only["waveform"][b] + audio.int16_to_float(input_pipeline.audio_window(partner, 16000, 16000))
     np.testing.assert_allclose(batch["waveform"][b], expected, atol=1e-6)
 
 

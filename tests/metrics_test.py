@@ -9,6 +9,7 @@ import json
 import numpy as np
 import pytest
 
+from avl_jax.evaluation import gt as gt_lib
 from avl_jax.metrics import aggregates
 from avl_jax.metrics import gt_maps
 from avl_jax.metrics import localization
@@ -147,7 +148,7 @@ def test_t10_tvsl_canvas_scores():
   canvas = (224, 448)
   score = np.zeros(canvas, np.float32)
   score[:112, :112] = 1
-  gt = gt_maps.tvsl_canvas(_box((0, 112), (0, 112)), np.zeros((224, 224)))
+  gt = gt_lib.place_on_canvas(_box((0, 112), (0, 112))[None], np.array([0]))[0]  # Source 0: the left half.
   values = localization.map_values(score[None], gt[None], binarize="fixed", fixed_threshold=0.3)
   assert values["ciou"][0] == 1.0
   assert values["pixel_ap"][0] == 1.0

@@ -13,7 +13,7 @@ import numpy as np
 import optax
 import pytest
 
-from avl_jax.convert import __main__ as convert_main
+from avl_jax.convert import convert_lib
 from avl_jax.convert import tvsl_weights
 from avl_jax.models import tvsl
 from avl_jax.models.audioclip import tokenizer as tokenizer_lib
@@ -462,9 +462,8 @@ def test_converter_round_trip_and_strictness(tiny_variables, tmp_path):
 
   path = tmp_path / 'model_best.npz'
   np.savez(path, **state_dict)
-  metadata = convert_main._convert_tvsl(  # pylint: disable=protected-access
-      str(path), str(tmp_path / 'out'), unsafe_pickle=False, model=model)
-  assert metadata['checkpoint_kind'] == 'tvsl' and 'tvsl' in convert_main.FORMATS
+  metadata = convert_lib.convert_tvsl(str(path), str(tmp_path / 'out'), unsafe_pickle=False, model=model)
+  assert metadata['checkpoint_kind'] == 'tvsl' and 'tvsl' in convert_lib.FORMATS
   loaded, saved = checkpointing.load_variables(str(tmp_path / 'out'))
   assert saved['num_parameters'] == metadata['num_parameters']
   np.testing.assert_array_equal(loaded['params']['iap_w'], tiny_variables['params']['iap_w'])

@@ -16,10 +16,9 @@ import time
 import numpy as np
 
 from avl_jax.metrics import aggregates
+from avl_jax.metrics import gt_maps
 from avl_jax.metrics import localization
 from avl_jax.metrics import postprocess
-
-GT_SIZE = 224
 
 
 def make_data(num_maps: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -27,13 +26,14 @@ def make_data(num_maps: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.
   rng = np.random.default_rng(seed)
   raw = (10 * rng.standard_normal((num_maps, 7, 7))).astype(np.float32)
   nbox = rng.integers(1, 3, num_maps)
-  gt = np.zeros((num_maps, GT_SIZE, GT_SIZE), np.float32)
-  coords = np.arange(GT_SIZE)
+  size = gt_maps.GT_SIZE
+  gt = np.zeros((num_maps, size, size), np.float32)
+  coords = np.arange(size)
   for b in range(2):
     corner = rng.integers(0, 180, (num_maps, 2))
     extent = rng.integers(8, 120, (num_maps, 2))
     x1, y1 = corner[:, 0], corner[:, 1]
-    x2, y2 = np.minimum(x1 + extent[:, 0], GT_SIZE), np.minimum(y1 + extent[:, 1], GT_SIZE)
+    x2, y2 = np.minimum(x1 + extent[:, 0], size), np.minimum(y1 + extent[:, 1], size)
     use = nbox > b
     for start in range(0, num_maps, 1024):  # Chunks keep the boolean temporaries small.
       s = slice(start, start + 1024)
@@ -60,7 +60,7 @@ def reference_scores(raw: np.ndarray, gt: np.ndarray, tau: float = 0.03) -> dict
   """Naive per-map loop: ciou, piap_official, pixel_ap and conf for each map."""
   out = {k: np.zeros(len(raw)) for k in ("ciou", "piap_official", "pixel_ap", "conf")}
   for n in range(len(raw)):
-    upsampled = postprocess.upsample_bicubic(raw[n], (GT_SIZE, GT_SIZE))
+    upsampled = postprocess.upsample_bicubic(raw[n], (gt_maps.GT_SIZE, gt_maps.GT_SIZE))
     scores = (upsampled - np.float32(-1 / tau)) / np.float32(2 / tau)
     pred = (scores - scores.min()) / (scores.max() - scores.min())
     out["conf"][n] = np.sort(scores.reshape(-1))[-(scores.size // 4):].mean()
@@ -87,8 +87,8 @@ def main() -> None:
 
   t0 = time.perf_counter()
   raw, gt, nbox = make_data(num_maps)
-  print(f"data: {num_maps} maps (7x7 -> {GT_SIZE}x{GT_SIZE}), generated in {time.perf_counter() - t0:.1f} s; "
-        f"cpu_count={os.cpu_count()}")
+  print(f"data: {num_maps} maps (7x7 -> {gt_maps.GT_SIZE}x{gt_maps.GT_SIZE}), "
+        f"generated in {time.perf_counter() - t0:.1f} s; cpu_count={os.cpu_count()}")
 
   load_before = os.getloadavg()[0]
   t0, cpu0 = time.perf_counter(), time.process_time()

@@ -24,17 +24,16 @@ import re
 from typing import Any
 
 from absl import logging
-from flax import traverse_util
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from avl_jax.convert import state_dicts
 from avl_jax.models.audioclip import audio as audio_lib
 from avl_jax.models.audioclip import model as model_lib
 
 TEXT_ROOT = 'text'  # Flax subtree whose official keys have no prefix.
 AUDIO_PREFIX = 'audio.'
-DDP_PREFIX = 'module.'
 WINDOW_KEY = 'audio.window'
 FBSP_BIAS_KEY = 'audio.fbsp.bias'
 CLIP_METADATA_KEYS = ('input_resolution', 'context_length', 'vocab_size')
@@ -53,20 +52,9 @@ _STATS_TO_TORCH = {'mean': 'running_mean', 'var': 'running_var'}
 _TRANSPOSED_LEAVES = ('kernel', 'in_proj_kernel')
 
 
-def _as_numpy(value: Any) -> np.ndarray:
-  """numpy view of an array or of a torch tensor (detached, on CPU), without importing torch."""
-  if hasattr(value, 'detach'):
-    value = value.detach().cpu().numpy()
-  return np.asarray(value)
-
-
 def unwrap_state_dict(state_dict: Mapping[str, Any]) -> dict[str, Any]:
   """Removes a `{'model': ...}` / `{'state_dict': ...}` wrapper and DDP `module.` prefixes."""
-  for wrapper in ('model', 'state_dict'):
-    if wrapper in state_dict and isinstance(state_dict[wrapper], Mapping):
-      state_dict = state_dict[wrapper]
-  return {(key[len(DDP_PREFIX):] if key.startswith(DDP_PREFIX) else key): value
-          for key, value in state_dict.items()}
+  return state_dicts.unwrap_state_dict(state_dict, wrappers=('model', 'state_dict'))
 
 
 def checkpoint_kind(state_dict: Mapping[str, Any]) -> str:
@@ -96,32 +84,8 @@ def torch_key(collection: str, path: tuple[str, ...]) -> str:
   return '.'.join(modules + [leaf])
 
 
-def _torch_layout_shape(flax_shape: tuple[int, ...], leaf: str) -> tuple[int, ...]:
-  if leaf in _TRANSPOSED_LEAVES and len(flax_shape) == 4:  # HWIO -> OIHW
-    return (flax_shape[3], flax_shape[2], flax_shape[0], flax_shape[1])
-  if leaf in _TRANSPOSED_LEAVES and len(flax_shape) == 2:  # (in, out) -> (out, in)
-    return (flax_shape[1], flax_shape[0])
-  return tuple(flax_shape)
-
-
-def _to_flax_layout(value: np.ndarray, leaf: str) -> np.ndarray:
-  if leaf in _TRANSPOSED_LEAVES and value.ndim == 4:
-    return value.transpose(2, 3, 1, 0)
-  if leaf in _TRANSPOSED_LEAVES and value.ndim == 2:
-    return value.T
-  return value
-
-
-def _to_torch_layout(value: np.ndarray, leaf: str) -> np.ndarray:
-  if leaf in _TRANSPOSED_LEAVES and value.ndim == 4:
-    return value.transpose(3, 2, 0, 1)
-  if leaf in _TRANSPOSED_LEAVES and value.ndim == 2:
-    return value.T
-  return value
-
-
 def _check_window(value: Any) -> None:
-  window = _as_numpy(value)
+  window = state_dicts.as_numpy(value)
   expected = audio_lib.periodic_blackman_harris(window.shape[0]) if window.ndim == 1 else None
   if expected is None or window.shape != (audio_lib.WIN_LENGTH,) or not (
       np.max(np.abs(window - expected)) <= WINDOW_TOLERANCE):
@@ -130,8 +94,9 @@ def _check_window(value: Any) -> None:
 
 
 def _check_fbsp_bias(value: Any) -> None:
-  if np.size(_as_numpy(value)):
-    raise ValueError(f'{FBSP_BIAS_KEY!r} has shape {np.shape(_as_numpy(value))}: AudioCLIP builds LinearFBSP '
+  bias = state_dicts.as_numpy(value)
+  if bias.size:
+    raise ValueError(f'{FBSP_BIAS_KEY!r} has shape {bias.shape}: AudioCLIP builds LinearFBSP '
                      'without a bias (an empty tensor), and the port has none.')
 
 
@@ -157,44 +122,28 @@ def convert_state_dict(state_dict: Mapping[str, Any], abstract_variables: Mappin
     ValueError: a key the target does not have, a missing key, a shape mismatch (naming the key and both
       shapes), a non-standard `audio.window` or a non-empty `audio.fbsp.bias`.
   """
-  expected = {}
-  for collection in ('params', 'batch_stats'):
-    for path, leaf in traverse_util.flatten_dict(dict(abstract_variables.get(collection, {}))).items():
-      expected[torch_key(collection, path)] = (collection, path, leaf)
-  bn_modules = {key[:-len('.running_mean')] for key in expected if key.endswith('.running_mean')}
-
-  converted = {'params': {}, 'batch_stats': {}}
   dropped = {}
-  for key, value in state_dict.items():
+
+  def drop(key: str, value: Any) -> bool:
     if key in _DROPPED:
       check, reason = _DROPPED[key]
       check(value)
       dropped[key] = reason
-      continue
-    if key in CLIP_METADATA_KEYS and np.ndim(_as_numpy(value)) == 0:
+      return True
+    if key in CLIP_METADATA_KEYS and np.ndim(state_dicts.as_numpy(value)) == 0:
       dropped.setdefault('CLIP metadata', 'scalars of CLIP JIT archives (input_resolution, context_length, '
                          'vocab_size), not weights')
-      continue
-    if key.endswith('.num_batches_tracked') and key[:-len('.num_batches_tracked')] in bn_modules:
-      dropped['num_batches_tracked'] = 'BatchNorm step counters (Flax BatchNorm has none)'
-      continue
-    if key not in expected:
-      raise ValueError(f'Unexpected key {key!r} (shape {tuple(np.shape(_as_numpy(value)))}): the target model '
-                       'has no such variable.')
-    collection, path, target = expected[key]
-    value = _as_numpy(value)
-    torch_shape = _torch_layout_shape(tuple(target.shape), path[-1])
-    if value.shape != torch_shape:
-      raise ValueError(f'Shape mismatch for {key!r}: state dict has {value.shape}, the model expects '
-                       f'{torch_shape} (PyTorch layout; Flax {"/".join(path)} {tuple(target.shape)}).')
-    converted[collection][path] = _to_flax_layout(value, path[-1]).astype(target.dtype, order='C')
+      return True
+    return False
 
-  missing = [key for key, (collection, path, _) in expected.items() if path not in converted[collection]]
-  if missing:
-    raise ValueError(f'{len(missing)} key(s) missing from the state dict, e.g. {missing[:5]}.')
+  converted, counters = state_dicts.match_state_dict(
+      state_dict, state_dicts.expected_entries(abstract_variables, torch_key),
+      transposed_leaves=_TRANSPOSED_LEAVES, drop=drop)
+  if counters:
+    dropped['num_batches_tracked'] = 'BatchNorm step counters (Flax BatchNorm has none)'
   for kind, reason in dropped.items():
     logging.info('Dropped %s from the state dict: %s.', kind, reason)
-  return {collection: traverse_util.unflatten_dict(leaves) for collection, leaves in converted.items() if leaves}
+  return state_dicts.unflatten(converted, drop_empty=True)
 
 
 def abstract_model_variables(model: model_lib.AudioCLIP | None = None) -> dict[str, Any]:
@@ -245,13 +194,7 @@ def variables_to_torch_state_dict(variables: Mapping[str, Any]) -> dict[str, np.
   Adds `num_batches_tracked` = 0 per BatchNorm, and `audio.window` / the empty `audio.fbsp.bias` when the
   audio tower is present, so the result has the official key set.
   """
-  state_dict = {}
-  for collection in ('params', 'batch_stats'):
-    for path, value in traverse_util.flatten_dict(dict(variables.get(collection, {}))).items():
-      key = torch_key(collection, path)
-      state_dict[key] = np.asarray(_to_torch_layout(np.asarray(value), path[-1]))
-      if key.endswith('.running_mean'):
-        state_dict[key[:-len('running_mean')] + 'num_batches_tracked'] = np.zeros((), np.int64)
+  state_dict = state_dicts.variables_to_state_dict(variables, torch_key, transposed_leaves=_TRANSPOSED_LEAVES)
   if 'audio' in variables.get('params', {}):
     state_dict[WINDOW_KEY] = audio_lib.periodic_blackman_harris()
     state_dict[FBSP_BIAS_KEY] = np.zeros((0,), np.float32)

@@ -16,34 +16,23 @@ import re
 from typing import Any
 
 from absl import logging
-from flax import traverse_util
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from avl_jax.convert import state_dicts
 from avl_jax.models import avgn
 from avl_jax.models import resnet
 
 HAN_PREFIX = 'audio_encoder.han_encoder.'
-DDP_PREFIX = 'module.'
 _NUMBERED_MODULE = re.compile(r'^(.*)_(\d+)$')
 _PARAM_LEAF_TO_TORCH = {'kernel': 'weight', 'scale': 'weight', 'bias': 'bias'}
 _STATS_LEAF_TO_TORCH = {'mean': 'running_mean', 'var': 'running_var'}
 
 
-def _as_numpy(value: Any) -> np.ndarray:
-  """numpy view of an array or of a torch tensor (detached, on CPU), without importing torch."""
-  if hasattr(value, 'detach'):
-    value = value.detach().cpu().numpy()
-  return np.asarray(value)
-
-
 def unwrap_state_dict(state_dict: Mapping[str, Any]) -> dict[str, Any]:
   """Accepts a bare state dict or a training checkpoint `{'model': ...}`; strips the DDP `module.` prefix."""
-  if 'model' in state_dict and isinstance(state_dict['model'], Mapping):
-    state_dict = state_dict['model']
-  return {(key[len(DDP_PREFIX):] if key.startswith(DDP_PREFIX) else key): value
-          for key, value in state_dict.items()}
+  return state_dicts.unwrap_state_dict(state_dict, wrappers=('model',))
 
 
 def torch_key(collection: str, path: tuple[str, ...]) -> str:
@@ -59,22 +48,6 @@ def torch_key(collection: str, path: tuple[str, ...]) -> str:
   elif modules:  # A top-level parameter (av_token) keeps its own name.
     leaf = _PARAM_LEAF_TO_TORCH[leaf]
   return '.'.join(modules + [leaf])
-
-
-def _torch_layout_shape(flax_shape: tuple[int, ...], leaf: str) -> tuple[int, ...]:
-  if leaf == 'kernel' and len(flax_shape) == 4:  # HWIO -> OIHW
-    return (flax_shape[3], flax_shape[2], flax_shape[0], flax_shape[1])
-  if leaf == 'kernel' and len(flax_shape) == 2:  # (in, out) -> (out, in)
-    return (flax_shape[1], flax_shape[0])
-  return tuple(flax_shape)
-
-
-def _to_flax_layout(value: np.ndarray, leaf: str) -> np.ndarray:
-  if leaf == 'kernel' and value.ndim == 4:
-    return value.transpose(2, 3, 1, 0)
-  if leaf == 'kernel' and value.ndim == 2:
-    return value.T
-  return value
 
 
 def convert_state_dict(state_dict: Mapping[str, Any], abstract_variables: Mapping[str, Any], *,
@@ -95,39 +68,21 @@ def convert_state_dict(state_dict: Mapping[str, Any], abstract_variables: Mappin
       both shapes).
   """
   skip_prefixes = dict(skip_prefixes or {})
-  expected = {}
-  for collection in ('params', 'batch_stats'):
-    for path, leaf_value in traverse_util.flatten_dict(dict(abstract_variables.get(collection, {}))).items():
-      expected[torch_key(collection, path)] = (collection, path, leaf_value)
-  bn_modules = {key[:-len('.running_mean')] for key in expected if key.endswith('.running_mean')}
-
-  converted = {'params': {}, 'batch_stats': {}}
   skipped = {prefix: 0 for prefix in skip_prefixes}
-  for key, value in state_dict.items():
+
+  def drop(key: str, value: Any) -> bool:
+    del value
     prefix = next((p for p in skip_prefixes if key.startswith(p)), None)
     if prefix is not None:
       skipped[prefix] += 1
-      continue
-    if key.endswith('.num_batches_tracked') and key[:-len('.num_batches_tracked')] in bn_modules:
-      continue  # PyTorch's step counter; Flax BatchNorm has no equivalent.
-    if key not in expected:
-      raise ValueError(f'Unexpected key {key!r} (shape {tuple(np.shape(value))}): the target model has no '
-                       f'such variable.')
-    collection, path, target = expected[key]
-    value = _as_numpy(value)
-    torch_shape = _torch_layout_shape(tuple(target.shape), path[-1])
-    if value.shape != torch_shape:
-      raise ValueError(f'Shape mismatch for {key!r}: state dict has {value.shape}, the model expects '
-                       f'{torch_shape} (PyTorch layout; Flax {"/".join(path)} {tuple(target.shape)}).')
-    converted[collection][path] = _to_flax_layout(value, path[-1]).astype(target.dtype)
+    return prefix is not None
 
-  missing = [key for key, (collection, path, _) in expected.items() if path not in converted[collection]]
-  if missing:
-    raise ValueError(f'{len(missing)} key(s) missing from the state dict, e.g. {missing[:5]}.')
+  converted, _ = state_dicts.match_state_dict(
+      state_dict, state_dicts.expected_entries(abstract_variables, torch_key), drop=drop)
   for prefix, count in skipped.items():
     if count:
       logging.info('Skipped %d state-dict entries under %r: %s', count, prefix, skip_prefixes[prefix])
-  return {collection: traverse_util.unflatten_dict(leaves) for collection, leaves in converted.items()}
+  return state_dicts.unflatten(converted)
 
 
 def variables_to_torch_state_dict(variables: Mapping[str, Any]) -> dict[str, np.ndarray]:
@@ -139,19 +94,7 @@ def variables_to_torch_state_dict(variables: Mapping[str, Any]) -> dict[str, np.
   Returns:
     {torch name: numpy array} that `convert_state_dict` maps back onto the same tree.
   """
-  state_dict = {}
-  for collection in ('params', 'batch_stats'):
-    for path, value in traverse_util.flatten_dict(dict(variables.get(collection, {}))).items():
-      value = np.asarray(value)
-      if path[-1] == 'kernel' and value.ndim == 4:
-        value = value.transpose(3, 2, 0, 1)
-      elif path[-1] == 'kernel' and value.ndim == 2:
-        value = value.T
-      key = torch_key(collection, path)
-      state_dict[key] = value
-      if key.endswith('.running_mean'):
-        state_dict[key[:-len('running_mean')] + 'num_batches_tracked'] = np.zeros((), np.int64)
-  return state_dict
+  return state_dicts.variables_to_state_dict(variables, torch_key)
 
 
 def abstract_model_variables(model: Any) -> dict[str, Any]:
@@ -165,6 +108,36 @@ def abstract_model_variables(model: Any) -> dict[str, Any]:
   audio_label = jnp.zeros((2, max(model.num_classes, 1)), jnp.float32)
   return jax.eval_shape(
       lambda: model.init(jax.random.key(0), image, audio, visual_class, audio_label, train=False))
+
+
+def _count_numbered(keys, prefix: str) -> int:
+  """Number of distinct `{prefix}{N}.` children, e.g. transformer blocks or ResNet blocks of a stage."""
+  pattern = re.compile(re.escape(prefix) + r'(\d+)\.')
+  return len({int(m.group(1)) for key in keys if (m := pattern.match(key))})
+
+
+def infer_avgn_fields(state_dict: Mapping[str, Any], num_heads: int) -> dict[str, Any]:
+  """AVGN constructor fields read from the shapes of an (unwrapped) official state dict.
+
+  The number of heads cannot be read from the shapes and is `num_heads` (official: 8).
+  """
+  def shape(key):
+    if key not in state_dict:
+      raise ValueError(f'Not an AVGN state dict: missing key {key!r} (have e.g. {sorted(state_dict)[:5]}).')
+    return np.shape(state_dict[key])
+
+  num_classes, dim = shape('av_token')
+  blocks = tuple(_count_numbered(state_dict, f'imgnet.layer{stage}.') for stage in range(1, 5))
+  fields = dict(
+      num_classes=int(num_classes), dim=int(dim), resnet_width=int(shape('imgnet.conv1.weight')[0]),
+      resnet_blocks=blocks,
+      depth_vis=_count_numbered(state_dict, 'visual_encoder.blocks.'),
+      depth_aud=_count_numbered(state_dict, 'audio_encoder.blocks.'),
+      mlp_ratio=float(shape('visual_encoder.blocks.0.mlp.fc1.weight')[0]) / float(dim),
+      num_heads=num_heads)
+  if dim % num_heads:
+    raise ValueError(f'--num_heads={num_heads} does not divide the token width D={dim}.')
+  return fields
 
 
 def torch_state_dict_to_variables(state_dict: Mapping[str, Any], model: avgn.AVGN | None = None, *,

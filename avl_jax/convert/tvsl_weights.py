@@ -21,6 +21,7 @@ from flax import traverse_util
 import numpy as np
 
 from avl_jax.convert import audioclip_weights
+from avl_jax.convert import state_dicts
 from avl_jax.models.tvsl import layers as tvsl_layers
 from avl_jax.models.tvsl import model as tvsl_model
 from avl_jax.models.tvsl import params as tvsl_params
@@ -79,21 +80,10 @@ def torch_state_dict_to_variables(state_dict: Mapping[str, Any],
   if not own:
     return variables
 
-  expected = traverse_util.flatten_dict({k: v for k, v in abstract['params'].items() if k != AUDIOCLIP_SUBTREE})
-  missing = sorted(key for key in TVSL_KEYS if key not in own)
-  if missing:
-    raise ValueError(f'{len(missing)} T-VSL key(s) missing from the state dict, e.g. {missing[:5]}.')
-  params = {}
-  for key, value in own.items():
-    path = TVSL_KEYS[key]
-    target = expected[path]
-    value = audioclip_weights._as_numpy(value)  # pylint: disable=protected-access
-    torch_shape = tuple(reversed(target.shape)) if path[-1] == 'kernel' else tuple(target.shape)
-    if value.shape != torch_shape:
-      raise ValueError(f'Shape mismatch for {key!r}: state dict has {value.shape}, the model expects '
-                       f'{torch_shape} (PyTorch layout; Flax {"/".join(path)} {tuple(target.shape)}).')
-    params[path] = (value.T if path[-1] == 'kernel' else value).astype(target.dtype, order='C')
-  variables['params'].update(traverse_util.unflatten_dict(params))
+  flat = traverse_util.flatten_dict({k: v for k, v in abstract['params'].items() if k != AUDIOCLIP_SUBTREE})
+  expected = {key: ('params', TVSL_KEYS[key], flat[TVSL_KEYS[key]]) for key in sorted(TVSL_KEYS)}
+  converted, _ = state_dicts.match_state_dict(own, expected, missing_label='T-VSL key(s)')
+  variables['params'].update(traverse_util.unflatten_dict(converted['params']))
   return variables
 
 
@@ -105,6 +95,5 @@ def variables_to_torch_state_dict(variables: Mapping[str, Any]) -> dict[str, np.
   flat = traverse_util.flatten_dict({k: v for k, v in variables['params'].items() if k != AUDIOCLIP_SUBTREE})
   for key, path in TVSL_KEYS.items():
     if path in flat:
-      value = np.asarray(flat[path])
-      state_dict[key] = value.T if path[-1] == 'kernel' else value
+      state_dict[key] = state_dicts.to_torch_layout(np.asarray(flat[path]), path[-1])
   return state_dict

@@ -14,7 +14,6 @@ the right frame was taken.
 """
 import dataclasses
 import fractions
-import io
 import os
 import pickle
 import wave
@@ -390,12 +389,6 @@ def make_tree(dataset: str, variant: str, root: str, layout: str) -> FakeTree:
   if layout not in ("frames", "video"):
     raise ValueError(f"layout must be 'frames' or 'video', got {layout!r}")
   return MAKERS[dataset](root, variant.split("_")[0], layout)
-
-
-def jpeg_bytes(pixels: np.ndarray) -> bytes:
-  buffer = io.BytesIO()
-  Image.fromarray(pixels).save(buffer, format="JPEG", quality=95)
-  return buffer.getvalue()
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -241,7 +241,12 @@ def _read_wav_scipy(path: str, data: bytes, first_error: Exception) -> tuple[np.
 
 
 def _pcm_to_float(frames: bytes, width: int, channels: int) -> np.ndarray:
-  """Interleaved little-endian PCM bytes -> mono float32 in [-1, 1]."""
+  """Interleaved little-endian PCM bytes -> mono float32 in [-1, 1].
+
+  Signed PCM is divided by 2^(bits - 1) (32768 for 16 bits), the usual wav-reader convention (soundfile,
+  torchaudio): the source file's full scale. Not `audio.int16_to_float` (/ 32767, clipped), which reads back
+  *our* stored int16 waveform, written as `round(x * 32767)` by `window_audio`.
+  """
   if width == 1:
     samples = (np.frombuffer(frames, np.uint8).astype(np.float32) - 128.0) / 128.0
   elif width == 2:

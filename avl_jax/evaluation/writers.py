@@ -107,9 +107,9 @@ def prediction_arrays(pred: dict[str, np.ndarray], tau: float, step: int | None 
 TABLE_KEYS = ("ciou_mean", "ciou_frac@0.3", "ciou_frac@0.5", "auc", "pixel_ap", "piap_official")
 
 
-def format_result(result: dict[str, Any]) -> str:
-  """A header naming the split, step, counts and protocol, then `format_table`."""
-  return (f"{result['split']} (step {result['step']}, {result['num_examples']} examples, {result['num_items']} "
+def format_result(result: dict[str, Any], name: str | None = None) -> str:
+  """A header naming the split (or `name`), step, counts and protocol, then `format_table`."""
+  return (f"{name or result['split']} (step {result['step']}, {result['num_examples']} examples, {result['num_items']} "
           f"sources, protocol {result['protocol']}):\n{format_table(result)}")
 
 

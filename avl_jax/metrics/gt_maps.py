@@ -45,7 +45,7 @@ def normalized_to_pixels(boxes: np.ndarray, size: Sequence[int] = (GT_SIZE, GT_S
 def flickr_pixels(boxes_256: np.ndarray) -> np.ndarray:
   """Flickr-SoundNet XML boxes on the 256x256 grid -> 224 pixels: int(224 * v / 256) per coordinate."""
   boxes_256 = np.asarray(boxes_256, np.int64)
-  return (224 * boxes_256 / 256).astype(np.int64)
+  return (GT_SIZE * boxes_256 / 256).astype(np.int64)
 
 
 def music_pixels(boxes_xywh: np.ndarray, protocol: str = "standard",
@@ -174,11 +174,6 @@ def mask_to_gt_map(mask: np.ndarray, protocol: str = "official",
   if protocol == "standard":
     return (resized > 0).astype(np.float64)
   return resized.astype(np.float64)
-
-
-def tvsl_canvas(gt_left: np.ndarray, gt_right: np.ndarray) -> np.ndarray:
-  """T-VSL placement: source 1's GT on the left, source 2's on the right of a [..., H, 2W] canvas."""
-  return np.concatenate([np.asarray(gt_left), np.asarray(gt_right)], axis=-1)
 
 
 def num_valid_boxes(pixel_boxes: np.ndarray) -> np.ndarray:

@@ -15,7 +15,7 @@ multi loader, which forgot it), `boxes_raw` (official box values for the `offici
 Hosts only decode JPEGs and slice waveforms; the spectrogram is computed in the jitted step (avl_jax/audio.py).
 Training images leave the host as uint8 and are normalised in the jitted step (`device_normalize_image`, config
 `dataset.normalize_on_device`, default True): 4x fewer bytes to batch and to copy to the devices, and ~0.6 ms less
-host work per example. Eval batches stay float32 (T-VSL's tensor resize yields values off the uint8 grid).
+host work per example. Eval batches stay float32 (the 'torch_tensor' resize yields values off the uint8 grid).
 Randomness comes only from grain's per-element generators, so a (seed, step) pair always yields the same batch
 and the iterator state checkpoints exactly.
 """
@@ -41,7 +41,7 @@ from avl_jax.metrics import postprocess
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
-# CLIP's normalisation (T-VSL and AVGN on AudioCLIP encoders, docs/tvsl.md §7).
+# CLIP's normalisation (the models on CLIP-trained encoders, docs/tvsl.md §7).
 CLIP_MEAN = np.array([0.48145466, 0.4578275, 0.40821073], np.float32)
 CLIP_STD = np.array([0.26862954, 0.26130258, 0.27577711], np.float32)
 IMAGE_NORMS = {"imagenet": (IMAGENET_MEAN, IMAGENET_STD), "clip": (CLIP_MEAN, CLIP_STD)}
@@ -158,8 +158,8 @@ EVAL_RESIZES = ("pil", "torch_tensor")
 def eval_image(image: Image.Image, cfg: "DataConfig") -> tuple[np.ndarray, Image.Image]:
   """The eval frame: (normalised [S, S, 3] float32, the PIL frame at S x S for display and uint8 output).
 
-  eval_resize 'pil' (AVGN's loaders): PIL bicubic resize (antialiased when shrinking), then normalise.
-  'torch_tensor' (T-VSL's test transform, docs/tvsl.md §7): the frame as a float tensor in [0, 1], resized by
+  eval_resize 'pil' (docs/avgn.md §11): PIL bicubic resize (antialiased when shrinking), then normalise.
+  'torch_tensor' (docs/tvsl.md §7): the frame as a float tensor in [0, 1], resized by
   PyTorch's tensor bicubic (A = -0.75, no antialias, values not clamped), then normalised.
   """
   size = (cfg.image_size, cfg.image_size)
@@ -306,7 +306,7 @@ class MixWithPartner(grain.transforms.RandomMap):
 
   The partner is uniform over all training examples whose primary class differs (O(1) per draw from a
   class-sorted index); the image stays the element's own frame; audio_label becomes own + partner and
-  source_class [own, partner]. With `canvas` (T-VSL) the image becomes [own | partner] [S, 2S, 3], the
+  source_class [own, partner]. With `canvas` the image becomes [own | partner] [S, 2S, 3], the
   partner's frame augmented independently.
   """
 
@@ -334,7 +334,7 @@ class MixWithPartner(grain.transforms.RandomMap):
     out["waveform"] = element["waveform"] + partner  # Raw sum, no rescaling (official behaviour).
     out["audio_label"] = element["audio_label"] + _one_hot(partner_class, self.cfg.num_classes)
     out["source_class"] = np.array([own, partner_class], np.int32)
-    if self.cfg.canvas:  # T-VSL: [own | partner] on the width, each frame augmented on its own (docs/tvsl.md §7).
+    if self.cfg.canvas:  # [own | partner] on the width, each frame augmented on its own (docs/tvsl.md §7).
       partner_image = augment_frame(decode_frame(record), self.cfg, rng)
       out["image"] = np.concatenate([element["image"], train_pixels(partner_image, self.cfg)], axis=1)
     return out
@@ -528,7 +528,7 @@ class EvalData:
   # Official GT format of a real dataset (avl_jax.metrics.gt_maps.FORMATS, e.g. 'music_solo'), '' otherwise.
   gt_format: str = ""
   # The examples store the duet partner's own frame (vggsound/duet, vgginstruments/multi): `source_image[:, 1]`
-  # is a different picture, and T-VSL evaluates on the [own | partner] canvas.
+  # is a different picture (a family may score on the [own | partner] canvas).
   partner_frames: bool = False
 
 

@@ -58,7 +58,7 @@ class TrainState:
 def init_state(config: ml_collections.ConfigDict, family: families.Family, model, tx, rng: jax.Array) -> TrainState:
   init_rng, state_rng = jax.random.split(rng)
   # Parameter init draws from an 'rbg' key: XLA compiles hundreds of threefry initialisers very slowly on CPU
-  # (a tiny AVGN's init: ~77 s vs ~16 s). Init is replicated, so the values do not depend on the mesh.
+  # (a tiny model's init: ~77 s vs ~16 s). Init is replicated, so the values do not depend on the mesh.
   init_key = jax.random.key(jax.random.randint(init_rng, (), 0, jnp.iinfo(jnp.int32).max), impl="rbg")
   variables = model.init({"params": init_key}, **family.dummy_inputs(config, 2), train=False)
   params = variables["params"]

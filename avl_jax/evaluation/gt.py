@@ -2,7 +2,7 @@
 
 `source_items` turns `eval_lib.predict_split`'s arrays into one GT map per (example, source) item; `apply_rules`
 applies the config's dataset GT rules first (today `config.eval.avgn_duet_gt_bug`, the official VGGSound-Duet
-test GT of AVGN, docs/metrics.md §2); `place_on_canvas` puts each source's GT on its half of an [own | partner]
+test GT, docs/metrics.md §2); `place_on_canvas` puts each source's GT on its half of an [own | partner]
 canvas.
 """
 from typing import Any
@@ -80,7 +80,7 @@ def item_gt_map(pred: dict[str, Any], i: int, s: int, protocol: str) -> tuple[np
 
 
 def avgn_duet_gt_bug(pred: dict[str, Any]) -> tuple[dict[str, Any], int]:
-  """The official AVGN vggsound_duet test GT (docs/metrics.md §2, defect i): source 0 is scored against the GT of
+  """The official vggsound_duet test GT (docs/metrics.md §2, defect i): source 0 is scored against the GT of
   the *partner* and source 1 against the GT of the partner's partner (the partner's own csv row).
 
   Returns a copy of `pred` whose boxes / boxes_raw / box_source are replaced accordingly, and how many items have

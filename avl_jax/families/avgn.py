@@ -14,7 +14,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from avl_jax import models
 from avl_jax.evaluation import writers
 from avl_jax.families import base
 
@@ -34,7 +33,7 @@ class AVGNFamily(base.Family):
 
   def tau(self, config: ml_collections.ConfigDict) -> float:
     """The model's temperature: config.model.tau, else the model's own default."""
-    return float(config.model.get("tau", models.MODELS[config.model_name].tau))
+    return float(self.field(config, "tau"))
 
   def dummy_inputs(self, config: ml_collections.ConfigDict, batch: int) -> dict[str, jax.Array]:
     ds = config.dataset

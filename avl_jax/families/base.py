@@ -83,6 +83,10 @@ class Family:
       fields["sample_rate"] = float(config.dataset.sample_rate)
     return fields
 
+  def field(self, config: ml_collections.ConfigDict, name: str) -> Any:
+    """config.model.<name>, else the model's own default (each default is written once, in the model)."""
+    return config.model.get(name, getattr(models.MODELS[config.model_name], name))
+
   def create_model(self, config: ml_collections.ConfigDict) -> nn.Module:
     self.check_config(config)
     return models.get_model(config.model_name, **self.model_fields(config))

@@ -17,7 +17,6 @@ import ml_collections
 import numpy as np
 
 from avl_jax import input_pipeline
-from avl_jax import models
 from avl_jax import sharding
 from avl_jax import visualize
 from avl_jax.evaluation import gt as gt_lib
@@ -38,10 +37,6 @@ class TVSLFamily(base.Family):
   name = "tvsl"
   model_names = ("tvsl", "tvsl_single_stage")
   supports_prediction_files = False  # the predictions-file schema has no canvas placement yet
-
-  def field(self, config: ml_collections.ConfigDict, name: str) -> Any:
-    """config.model.<name>, else the model's own default (each default is written once, in the model)."""
-    return config.model.get(name, getattr(models.MODELS[config.model_name], name))
 
   def predicted(self, config: ml_collections.ConfigDict) -> bool:
     return self.field(config, "class_source") == "predicted"

@@ -149,6 +149,9 @@ def base_config() -> ml_collections.ConfigDict:
       protocol="official",   # metric protocol, docs/metrics.md §6: 'official' | 'standard'
       num_visualize=16,      # examples drawn in the heat-map PNG grid
       baselines=True,        # also score the centre-prior and uniform-random maps
+      # Also score the model with a zero waveform (silent_audio) and with another example's waveform
+      # (shuffled_audio): how much the sound drives the maps. Three model passes per split; False for long runs.
+      audio_ablations=True,
       tvsl_threshold=0.3,    # T-VSL models: fixed binarisation threshold of the (inverted) min-max score
       # Official AVGN vggsound_duet test GT (docs/metrics.md §2 defect i, needs protocol 'official'): source 0 is
       # scored against the partner's GT, source 1 against the partner's partner's. On in configs/avgn_vggsound_duet.py

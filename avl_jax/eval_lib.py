@@ -7,7 +7,9 @@ differs between model families (the frames the model sees, the constants it read
 drawn) comes from `avl_jax.families`. Each host predicts and scores its own shard of the split; the per-item
 values are gathered, so process 0 writes results that count every (example, source) item once:
 
-  {workdir}/eval/{split}_{step}.json   every metric of every method, the protocol, the step, the sample counts
+  {workdir}/eval/{split}_{step}.json   every metric of every method (model, audio ablations, baselines), the
+                                       protocol, the step, the sample counts, the audio classifier's mAP
+                                       (class_source='predicted': {split}_{step}_predicted.*)
   {workdir}/eval/{split}_{step}.csv    one row per (example, source) item, columns writers.CSV_COLUMNS
   {workdir}/eval/{split}_{step}.png    frame, heat map, GT boxes and binarised region per source
   {workdir}/eval/{split}_{step}_predictions.npz   with save_predictions: the maps, in the schema of
@@ -30,6 +32,35 @@ from avl_jax.evaluation import gt as gt_lib
 from avl_jax.evaluation import scoring
 from avl_jax.evaluation import writers
 from avl_jax.metrics import predictions
+
+
+# The same model and protocol with the audio replaced (config.eval.audio_ablations): a zero waveform, and
+# another example's waveform (a fixed derangement of the split's examples, see `shuffled_audio`).
+ABLATIONS = scoring.ABLATIONS
+
+
+def _key(prefix: str, key: str) -> str:
+  return f"{prefix}:{key}" if prefix else key
+
+
+def shuffled_audio(waveform: np.ndarray, valid: np.ndarray, last: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+  """Each valid example gets the waveform of the next valid example of its batch (a cyclic shift, so no
+  example keeps its own); a batch with a single valid example takes the previous batch's first waveform.
+
+  Args:
+    waveform: [b, N] this host's batch.   valid: [b] bool, real (not padding) rows.
+    last: a waveform [N] of the previous batch (None for the first batch).
+
+  Returns:
+    (shuffled [b, N], the waveform to hand to the next batch).
+  """
+  rows = np.flatnonzero(valid)
+  shuffled = waveform.copy()
+  if len(rows) > 1:
+    shuffled[rows] = waveform[np.roll(rows, -1)]
+  elif len(rows) == 1 and last is not None:
+    shuffled[rows[0]] = last
+  return shuffled, (waveform[rows[0]].copy() if len(rows) else last)
 
 
 def make_localize_fn(config: ml_collections.ConfigDict, model, mesh):
@@ -67,27 +98,34 @@ def predict_split(config, model, variables, mesh, split: str, localize_fn=None, 
   outputs = None
   frames = []
   canvas = False
+  ablations = bool(config.eval.audio_ablations)
+  last_audio = None
   row0 = jax.process_index() * per_host
   for batch in data.dataset:
     if outputs is None:
       keep += [k for k in ("boxes_raw", "gt_mask", "has_gt_mask", "partner_id") if k in batch]
-      outputs = {k: [] for k in keep + ["maps", "mask"]}
-    inputs = sharding.host_to_global({k: batch[k] for k in ("waveform", "source_class")}, mesh)
+      outputs = {k: [] for k in keep + ["mask"]}
     views = family.eval_views(config, batch, data.partner_frames)
     canvas = views.canvas
-    maps = None
-    for view, (image, source) in enumerate(views.images):
-      image = sharding.host_to_global({"image": image}, mesh)["image"]
-      out = localize_fn(variables, consts, image, inputs["waveform"], inputs["source_class"])
-      view_maps = np.asarray(out["maps"])[row0:row0 + per_host]
-      if maps is None:
-        maps = view_maps.copy()
-      if source is not None:
-        maps[:, source] = view_maps[:, source]
-      if view == 0:
-        for key in sorted(set(out) - {"maps"}):
-          outputs.setdefault(key, []).append(np.asarray(out[key])[row0:row0 + per_host])
-    outputs["maps"].append(maps)
+    images = [(sharding.host_to_global({"image": image}, mesh)["image"], source) for image, source in views.images]
+    waveforms = {"": batch["waveform"]}
+    if ablations:
+      waveforms["silent_audio"] = np.zeros_like(batch["waveform"])
+      waveforms["shuffled_audio"], last_audio = shuffled_audio(batch["waveform"], batch["mask"] > 0, last_audio)
+    for prefix, waveform in waveforms.items():
+      inputs = sharding.host_to_global({"waveform": waveform, "source_class": batch["source_class"]}, mesh)
+      maps = None
+      for view, (image, source) in enumerate(images):
+        out = localize_fn(variables, consts, image, inputs["waveform"], inputs["source_class"])
+        view_maps = np.asarray(out["maps"])[row0:row0 + per_host]
+        if maps is None:
+          maps = view_maps.copy()
+        if source is not None:
+          maps[:, source] = view_maps[:, source]
+        if view == 0:
+          for key in sorted(set(out) - {"maps"}):
+            outputs.setdefault(_key(prefix, key), []).append(np.asarray(out[key])[row0:row0 + per_host])
+      outputs.setdefault(_key(prefix, "maps"), []).append(maps)
     outputs["mask"].append(batch["mask"])
     for k in keep:
       outputs[k].append(batch[k])
@@ -98,6 +136,8 @@ def predict_split(config, model, variables, mesh, split: str, localize_fn=None, 
   result = {k: np.concatenate(v) for k, v in outputs.items()}
   valid = result.pop("mask") > 0
   result = {k: v[valid] for k, v in result.items()}
+  for name in ABLATIONS if ablations else ():  # {'silent_audio': {'maps': ..., ...}, ...}
+    result[name] = {k.split(":", 1)[1]: result.pop(k) for k in list(result) if k.startswith(name + ":")}
   bad = ~np.isfinite(result["maps"]).all(axis=tuple(range(1, result["maps"].ndim)))
   if bad.any():
     names = input_pipeline.decode_ids(result["id"][bad][:5])
@@ -125,10 +165,20 @@ def evaluate_split(config, model, variables, mesh, workdir: str, step: int, spli
   example_idx, source_idx, gt, nbox = gt_lib.source_items(pred, config.eval.protocol)
   inputs = family.scoring_inputs(config, pred, example_idx, source_idx, gt, nbox)
   extra.update(inputs.extra)
+  ablations = {}
+  for name in ABLATIONS:
+    if name in pred:  # the same scoring inputs, from the maps (and predicted classes) of the altered audio
+      altered = family.scoring_inputs(config, {**pred, **pred[name]}, example_idx, source_idx, gt.copy(), nbox)
+      ablations[name] = altered.raw_maps
+      for key, value in altered.extra.items():
+        extra[f"{name}/{key}"] = value
+      if "class_scores" in pred[name]:
+        extra[f"{name}/audio_classification"] = scoring.audio_classification(
+            pred[name]["class_scores"], pred["source_class"])
   summaries, per_items = scoring.score_items(
       inputs.raw_maps, inputs.gt, nbox, protocol=config.eval.protocol, tau=inputs.tau, map_range=inputs.map_range,
       baselines=config.eval.baselines, seed=config.seed, binarize=inputs.binarize,
-      fixed_threshold=inputs.threshold)
+      fixed_threshold=inputs.threshold, ablations=ablations)
   item_ids = input_pipeline.decode_ids(sharding.gather_rows(pred["id"][example_idx]))
   item_source = sharding.gather_rows(source_idx.astype(np.int64))
   item_class = sharding.gather_rows(pred["source_class"][example_idx, source_idx].astype(np.int64))
@@ -139,12 +189,16 @@ def evaluate_split(config, model, variables, mesh, workdir: str, step: int, spli
       "num_examples": int(sharding.gather_rows(np.asarray([len(pred["source_class"])])).sum()),
       "num_items": len(item_source), "metrics": summaries, **extra,
   }
+  if "class_scores" in pred:  # the model's audio classifier on the same examples
+    result["audio_classification"] = scoring.audio_classification(pred["class_scores"], pred["source_class"])
   export = None
   if save_predictions:  # every host takes part in the gathers; process 0 writes
     export = {k: sharding.gather_rows(pred[k]) for k in ("maps", "boxes", "box_source", "source_class", "id")}
   if jax.process_index() == 0:
     out_dir = os.path.join(workdir, "eval")
-    stem = os.path.join(out_dir, f"{split}_{step}")
+    # Predicted-class results sit beside the (official) oracle ones: {split}_{step}_predicted.*
+    suffix = "" if result.get("class_source", "oracle") == "oracle" else f"_{result['class_source']}"
+    stem = os.path.join(out_dir, f"{split}_{step}{suffix}")
     writers.write_json(f"{stem}.json", result)
     writers.write_csv(f"{stem}.csv", scoring.item_table(item_ids, item_source, item_class, per_items))
     n = min(len(pred["image_uint8"]), config.eval.num_visualize)
@@ -172,6 +226,12 @@ def evaluate_all(config, model, variables, mesh, workdir: str, step: int, writer
     if writer is not None:
       scalars = {f"eval/{split}/{k}": v for k, v in results[split]["metrics"]["model"].items()
                  if isinstance(v, (int, float, np.floating)) and k != "n_samples"}
+      for method, summary in results[split]["metrics"].items():  # ablations and baselines, for comparison
+        if method != "model":
+          scalars.update({f"eval/{split}/{method}/{k}": summary[k] for k in writers.TABLE_KEYS if k in summary})
+      for k, v in results[split].get("audio_classification", {}).items():
+        if k != "num_examples":
+          scalars[f"eval/{split}/audio_{k}"] = v
       writer.write_scalars(step, scalars)
   return results
 

@@ -22,7 +22,7 @@ from avl_jax import config_lib
 # (measured, test_duet after 500 steps: tau 0.03 -> pixel AP 0.21, cIoU 0.14; tau 0.3 -> 0.45, 0.24). The paper
 # configs keep 0.03.
 AVGN_SMALL = dict(resnet_width=16, resnet_blocks=(1, 1, 1, 1), dim=128, depth_vis=2, depth_aud=2, num_heads=4,
-                  mlp_ratio=4.0, drop_path=0.1, tau=0.3, attn_assign="soft")
+                  mlp_ratio=4.0, drop_path=0.1, tau=0.3, attn_assign="soft", loc_audio_grad=True)
 AVGN_TINY = dict(resnet_width=8, resnet_blocks=(1, 1, 1, 1), dim=32, depth_vis=1, depth_aud=1, num_heads=4,
                  mlp_ratio=2.0, drop_path=0.1, tau=0.03, attn_assign="soft")
 ENCODER_KEYS = ("resnet_width", "resnet_blocks", "dim", "tau")
@@ -34,7 +34,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.model_name = args.model
   model = AVGN_TINY if args.tiny else AVGN_SMALL
   if args.model == "ezvsl":
-    model = {k: model[k] for k in ENCODER_KEYS}
+    model = {k: model[k] for k in ENCODER_KEYS if k in model}
   elif args.model != "avgn":
     raise ValueError(f"model={args.model!r}; expected 'avgn' or 'ezvsl'.")
   config.model = ml_collections.ConfigDict(model)

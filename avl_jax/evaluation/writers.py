@@ -109,8 +109,13 @@ TABLE_KEYS = ("ciou_mean", "ciou_frac@0.3", "ciou_frac@0.5", "auc", "pixel_ap", 
 
 def format_result(result: dict[str, Any], name: str | None = None) -> str:
   """A header naming the split (or `name`), step, counts and protocol, then `format_table`."""
-  return (f"{name or result['split']} (step {result['step']}, {result['num_examples']} examples, {result['num_items']} "
+  text = (f"{name or result['split']} (step {result['step']}, {result['num_examples']} examples, {result['num_items']} "
           f"sources, protocol {result['protocol']}):\n{format_table(result)}")
+  audio = result.get("audio_classification")
+  if audio:
+    text += (f"\naudio classifier: mAP {audio['map']:.4f} (chance {audio['chance']:.4f}), "
+             f"top-1 {audio['top1']:.4f}")
+  return text
 
 
 def format_table(result: dict[str, Any], keys=TABLE_KEYS) -> str:

@@ -5,7 +5,8 @@ frozen AudioCLIP towers). They take (image [B, H, W, 3], waveform [B, N], visual
 for training and `localize(image, waveform, class_ids [B, S])` -> raw logits [B, S, h, w]; the log spectrogram
 (or the towers' own front end) is computed inside the model.
 
-Evaluation: oracle classes, each source localized on its own frame where the test set stores one
+Evaluation: oracle classes (or, with config.model.class_source='predicted', the audio classifier's top-K
+classes, each GT source scored with its best distinct predicted map), each source localized on its own frame where the test set stores one
 (`source_image`), logits scored in the fixed range +-1/tau with the median binarisation of the official cIoU.
 """
 from typing import Any
@@ -14,8 +15,10 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from avl_jax.evaluation import scoring
 from avl_jax.evaluation import writers
 from avl_jax.families import base
+from avl_jax.models import avgn as avgn_model
 
 # Frames each model expects (config.dataset.image_norm): the AudioCLIP towers read CLIP-normalised frames.
 IMAGE_NORM = {"avgn": None, "ezvsl": None, "avgn_audioclip": "clip"}
@@ -47,10 +50,20 @@ class AVGNFamily(base.Family):
     return model.apply(variables, batch["image"], batch["waveform"], batch["visual_class"], batch["audio_label"],
                        train=True, rngs=rngs, mutable=["batch_stats"])
 
+  def predicted(self, config: ml_collections.ConfigDict) -> bool:
+    return config.model_name != "ezvsl" and self.field(config, "class_source") == "predicted"
+
   def localize(self, config, model, variables, consts, image, waveform, class_ids):
-    del config, consts
-    maps = model.apply(variables, image, waveform, jnp.maximum(class_ids, 0), train=False, method=model.localize)
-    return {"maps": maps}
+    del consts
+    if not isinstance(model, avgn_model.AVGN):  # EZ-VSL: one class-agnostic map, no audio classifier
+      return {"maps": model.apply(variables, image, waveform, jnp.maximum(class_ids, 0), train=False,
+                                  method=model.localize)}
+    maps, classes = model.apply(variables, image, waveform, class_ids, train=False, return_classes=True,
+                                method=model.localize)
+    out = {"maps": maps, "class_scores": classes["class_scores"]}
+    if self.predicted(config):
+      out.update(pred_rows=classes["class_ids"], pred_valid=classes["valid"], gt_rows=class_ids)
+    return out
 
   def eval_views(self, config, batch, partner_frames):
     del config, partner_frames
@@ -61,12 +74,19 @@ class AVGNFamily(base.Family):
     return base.EvalViews(images=views, frames=batch["image_uint8"])
 
   def scoring_inputs(self, config, pred, example_idx, source_idx, gt, nbox):
-    del nbox
-    return base.ScoringInputs(raw_maps=pred["maps"][example_idx, source_idx], gt=gt, map_range="logits",
-                              tau=self.tau(config))
+    tau = self.tau(config)
+    if not self.predicted(config):
+      return base.ScoringInputs(raw_maps=pred["maps"][example_idx, source_idx], gt=gt, map_range="logits", tau=tau)
+    maps, unmatched, extra = scoring.match_predicted(pred, example_idx, source_idx, gt, nbox,
+                                                     dict(map_range="logits", tau=tau))
+    maps[unmatched] = -1.0 / tau  # a GT source without a predicted map: the lowest logit everywhere
+    return base.ScoringInputs(raw_maps=maps, gt=gt, map_range="logits", tau=tau, extra=extra)
 
   def result_fields(self, config):
-    return {"map_range": "logits", "tau": self.tau(config)}
+    fields = {"map_range": "logits", "tau": self.tau(config)}
+    if config.model_name != "ezvsl":
+      fields["class_source"] = self.field(config, "class_source")
+    return fields
 
   def draw(self, path: str, config, pred: dict[str, Any], n: int) -> None:
     writers.write_heatmaps(path, pred["image_uint8"][:n], pred["maps"][:n], pred["boxes"][:n],

@@ -17,14 +17,12 @@ import ml_collections
 import numpy as np
 
 from avl_jax import input_pipeline
-from avl_jax import sharding
 from avl_jax import visualize
 from avl_jax.evaluation import gt as gt_lib
 from avl_jax.evaluation import scoring
 from avl_jax.families import base
 from avl_jax.families import tvsl_bank
 from avl_jax.metrics import gt_maps
-from avl_jax.metrics import localization
 from avl_jax.models.tvsl import base as tvsl_base
 from avl_jax.models.tvsl import postprocess as tvsl_postprocess
 
@@ -122,33 +120,11 @@ class TVSLFamily(base.Family):
 
   def match_predicted(self, config, pred: dict[str, Any], example_idx: np.ndarray, source_idx: np.ndarray,
                       gt: np.ndarray, nbox: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-    """class_source='predicted': the model's K maps (of its own top-K classes) assigned to the GT sources.
-
-    Each example's distinct valid maps go to its GT sources so that their summed pixel AP is largest
-    (`scoring.match_sources`); a source left without a valid map scores as an all-zero map.
-
-    Returns:
-      (raw maps [M, h, w] matched to the items, unmatched [M] bool, {'class_recall': fraction of GT sources
-      whose class is among the valid predictions, 'num_predicted_mean': valid predicted classes per example}).
-    """
-    num_pred = pred["maps"].shape[1]
-    item_scores = self.score_maps(config, pred["maps"][example_idx], tuple(gt.shape[-2:]))  # [M, K, H, W]
-    per_pair, _ = localization.score_maps(item_scores.reshape((-1,) + gt.shape[-2:]),
-                                          np.repeat(gt, num_pred, axis=0), np.repeat(nbox, num_pred),
-                                          map_range="unit", binarize="fixed",
-                                          fixed_threshold=config.eval.tvsl_threshold)
-    ap = np.nan_to_num(per_pair["pixel_ap"].reshape(len(example_idx), num_pred), nan=0.0)
-    valid = pred["pred_valid"][example_idx]
-    chosen = scoring.match_sources(ap, valid, example_idx)
-    maps = pred["maps"][example_idx, np.maximum(chosen, 0)].astype(np.float32)
-    recall = float("nan")
-    if "gt_rows" in pred:
-      gt_rows = pred["gt_rows"][example_idx, source_idx]
-      hits = np.any((pred["pred_rows"][example_idx] == gt_rows[:, None]) & valid, axis=1)
-      recall = float(sharding.gather_rows(hits.astype(np.float64)).mean()) if len(hits) else float("nan")
-    count = sharding.gather_rows(pred["pred_valid"].sum(axis=1).astype(np.float64))
-    return maps, chosen < 0, {"class_recall": recall,
-                              "num_predicted_mean": float(count.mean()) if len(count) else float("nan")}
+    """class_source='predicted': `scoring.match_predicted` on the min-max (inverted) scores."""
+    return scoring.match_predicted(
+        pred, example_idx, source_idx, gt, nbox,
+        dict(map_range="unit", binarize="fixed", fixed_threshold=config.eval.tvsl_threshold),
+        to_scores=lambda raw: self.score_maps(config, raw, tuple(gt.shape[-2:])))
 
   def result_fields(self, config):
     inverted = bool(self.field(config, "invert_map"))

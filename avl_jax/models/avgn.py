@@ -23,6 +23,7 @@ from avl_jax.models import transformer
 HAN_GROUP_TOKENS = 10
 # PyTorch's binary_cross_entropy clamps each log term at -100.
 BCE_LOG_CLAMP = -100.0
+CLASS_SOURCES = ('oracle', 'predicted')
 
 
 def cross_entropy_with_arange(logits: jax.Array) -> jax.Array:
@@ -94,6 +95,7 @@ class AVGN(ezvsl.DualEncoder):
     num_classes: C, number of class tokens.
     resnet_width: base width of both ResNet-18s (64 = the paper); stages use w, 2w, 4w, 8w.
     resnet_blocks: BasicBlocks per ResNet stage.
+    image_strides: stage strides of the image ResNet (official 1, 2, 2, 2: maps of H/32 x W/32).
     dim: token width D (img_proj / aud_proj map 8w -> D).
     depth_vis: AttnBlocks of the visual ModalityTransformer.
     depth_aud: AttnBlocks of the audio ModalityTransformer.
@@ -102,6 +104,10 @@ class AVGN(ezvsl.DualEncoder):
     drop_path: stochastic depth of every AttnBlock.
     tau: temperature of the localization logits.
     attn_assign: 'soft' or 'hard' (Gumbel, straight-through) class assignment.
+    loc_audio_grad: the localization loss trains the audio path (encoder, grouping, class tokens) too
+      (official). False stops its gradient at the selected audio class vector, so that only the audio
+      classification loss shapes the audio path (docs/switches.md: with oracle classes the localization loss
+      pulls xa[b, c] towards class c's visual prototype and drowns the audio-presence signal).
     with_han_params: create the inert `audio_encoder/han_encoder` parameters of the official checkpoint.
     loss_groups: contrastive negatives per group of the batch (1 = the global batch; k = the official
       per-GPU negatives on k GPUs; see `ezvsl.contrastive_loss`).
@@ -109,6 +115,11 @@ class AVGN(ezvsl.DualEncoder):
       official per-GPU statistics on k GPUs).
     bn_momentum: Flax-convention BatchNorm momentum (0.9 = PyTorch 0.1).
     torch_running_var: PyTorch-style unbiased running-variance update.
+    class_source: which classes `localize` maps: 'oracle' (official: the given ground-truth classes) or
+      'predicted' (the model's own audio classifier, sigmoid(fc_prob_a(xa)), top-K).
+    top_k: K of predicted-class inference; None = as many as the given class_ids have.
+    score_threshold: predicted mode: slots whose probability is below it are invalid (the best class always
+      stays), so the number of sources per sample varies up to K.
     dtype: computation dtype.
     audio_input: 'waveform' (the model computes the log spectrogram) | 'spectrogram' (given, as the official
       code's input; parity tests).
@@ -117,6 +128,7 @@ class AVGN(ezvsl.DualEncoder):
   num_classes: int
   resnet_width: int = 64
   resnet_blocks: Sequence[int] = (2, 2, 2, 2)
+  image_strides: Sequence[int] = (1, 2, 2, 2)
   dim: int = 512
   depth_vis: int = 3
   depth_aud: int = 3
@@ -125,11 +137,15 @@ class AVGN(ezvsl.DualEncoder):
   drop_path: float = 0.1
   tau: float = 0.03
   attn_assign: str = 'soft'
+  loc_audio_grad: bool = True
   with_han_params: bool = False
   loss_groups: int = 1
   bn_groups: int = 1
   bn_momentum: float = 0.9
   torch_running_var: bool = True
+  class_source: str = 'oracle'
+  top_k: int | None = None
+  score_threshold: float | None = None
   dtype: Any = jnp.float32
   audio_input: str = 'waveform'
   sample_rate: float = 16000.0
@@ -137,6 +153,10 @@ class AVGN(ezvsl.DualEncoder):
   def setup(self):
     if self.attn_assign not in ('soft', 'hard'):
       raise ValueError(f"attn_assign must be 'soft' or 'hard', got {self.attn_assign!r}.")
+    if self.class_source not in CLASS_SOURCES:
+      raise ValueError(f'class_source={self.class_source!r}; expected one of {CLASS_SOURCES}.')
+    if self.top_k is not None and self.top_k < 1:
+      raise ValueError(f'top_k={self.top_k} must be at least 1 (or None: as many as the given sources).')
     self.setup_encoders()
     self.av_token = self.param('av_token', nn.initializers.zeros, (self.num_classes, self.dim), jnp.float32)
     hard = self.attn_assign == 'hard'
@@ -180,7 +200,8 @@ class AVGN(ezvsl.DualEncoder):
     # The audio vector of the visual source's class, unnormalised (its norm is ~23 at init).
     aud_selected = xa[jnp.arange(batch), visual_class]
     img_feat = img_feat.astype(jnp.float32)
-    loss_loc, pooled, logits = ezvsl.contrastive_loss(img_feat, aud_selected, self.tau, self.loss_groups)
+    loc_audio = aud_selected if self.loc_audio_grad else jax.lax.stop_gradient(aud_selected)
+    loss_loc, pooled, logits = ezvsl.contrastive_loss(img_feat, loc_audio, self.tau, self.loss_groups)
     self.sow('intermediates', 'xmil_logits', pooled)
 
     av_cls_logits = self.fc_cls(self.av_token).astype(jnp.float32)
@@ -218,8 +239,9 @@ class AVGN(ezvsl.DualEncoder):
     return losses, outputs
 
   def localize(self, image: jax.Array, audio: jax.Array, class_ids: jax.Array, *,
-               train: bool = False) -> jax.Array:
-    """One map per source with that source's (ground-truth) class, the official multi-source evaluation.
+               train: bool = False, return_classes: bool = False) -> jax.Array | tuple[jax.Array, dict]:
+    """One map per source: of its (ground-truth) class (class_source='oracle', the official multi-source
+    evaluation), or of each of the K classes the audio classifier scores highest ('predicted').
 
     The encoders run once; the visual grouping branch (losses only) is skipped.
 
@@ -227,13 +249,26 @@ class AVGN(ezvsl.DualEncoder):
       image: [B, H, W, 3].
       audio: the mixture's waveform [B, N] ([B, F, T, 1] with audio_input='spectrogram').
       class_ids: [B, S] int class of each source; -1 marks padding (its map is valid but meaningless).
+        Predicted mode reads only S (the default K).
       train: BatchNorm / DropPath mode (keep False for evaluation).
+      return_classes: also return {'class_scores': the audio classifier's logits [B, C] (which classes the
+        model hears), 'class_ids': the mapped classes [B, K], 'valid': [B, K] bool (predicted: above
+        score_threshold; oracle: not padding)}.
 
     Returns:
-      raw localization logits [B, S, h, w] = <img_feat[b], xa[b, class_ids[b, s]]> / tau.
+      raw localization logits [B, K, h, w] = <img_feat[b], xa[b, class]> / tau (K = S for oracle), and the
+      classes dict with return_classes.
     """
     img_feat, aud_feat = self.encode(image, audio, train=train)
     xa = self._audio_class_vectors(aud_feat, train=train)
-    safe_ids = jnp.clip(class_ids, 0, self.num_classes - 1)
-    source_vectors = jnp.take_along_axis(xa, safe_ids[..., None], axis=1)
-    return jnp.einsum('bhwd,bsd->bshw', img_feat.astype(jnp.float32), source_vectors) / self.tau
+    class_scores = self.fc_prob_a(xa)[..., 0].astype(jnp.float32)
+    if self.class_source == 'predicted':
+      ids, _, valid = layers.select_top_classes(jax.nn.sigmoid(class_scores), self.top_k or class_ids.shape[1],
+                                                self.score_threshold)
+    else:
+      ids, valid = jnp.clip(class_ids, 0, self.num_classes - 1), class_ids >= 0
+    source_vectors = jnp.take_along_axis(xa, ids[..., None], axis=1)
+    maps = jnp.einsum('bhwd,bsd->bshw', img_feat.astype(jnp.float32), source_vectors) / self.tau
+    if return_classes:
+      return maps, {'class_scores': class_scores, 'class_ids': ids, 'valid': valid}
+    return maps

@@ -93,7 +93,7 @@ def own_map(img_feat: jax.Array, audio_vectors: jax.Array, tau: float) -> jax.Ar
 class DualEncoder(nn.Module):
   """Base class: the two ResNet-18 encoders with projections. Not a model by itself.
 
-  Subclasses declare the fields resnet_width, resnet_blocks, dim, bn_groups, bn_momentum, torch_running_var,
+  Subclasses declare the fields resnet_width, resnet_blocks, image_strides, dim, bn_groups, bn_momentum, torch_running_var,
   dtype, audio_input, sample_rate, and call `setup_encoders()` from `setup()`.
   """
 
@@ -111,7 +111,8 @@ class DualEncoder(nn.Module):
   def setup_encoders(self) -> None:
     """Creates `imgnet`, `audnet`, `img_proj`, `aud_proj` with the init of docs/avgn.md §5."""
     self.imgnet = resnet.ResNet(
-        width=self.resnet_width, blocks=tuple(self.resnet_blocks), bn_momentum=self.bn_momentum,
+        width=self.resnet_width, blocks=tuple(self.resnet_blocks), strides=tuple(self.image_strides),
+        bn_momentum=self.bn_momentum,
         torch_running_var=self.torch_running_var, bn_groups=self.bn_groups, dtype=self.dtype)
     self.audnet = resnet.ResNet(
         width=self.resnet_width, blocks=tuple(self.resnet_blocks), global_max_pool=True,
@@ -153,6 +154,7 @@ class EZVSL(DualEncoder):
     num_classes: accepted for a uniform model interface; unused.
     resnet_width: base width of both ResNet-18s (64 = the paper).
     resnet_blocks: BasicBlocks per ResNet stage.
+    image_strides: stage strides of the image ResNet (official 1, 2, 2, 2: maps of H/32 x W/32).
     dim: embedding width D.
     tau: temperature.
     loss_groups: contrastive negatives per group of the batch (`contrastive_loss`; 1 = global batch,
@@ -168,6 +170,7 @@ class EZVSL(DualEncoder):
   num_classes: int = 0
   resnet_width: int = 64
   resnet_blocks: Sequence[int] = (2, 2, 2, 2)
+  image_strides: Sequence[int] = (1, 2, 2, 2)
   dim: int = 512
   tau: float = 0.03
   loss_groups: int = 1

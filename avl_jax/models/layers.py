@@ -178,3 +178,25 @@ def max_over_axes(x: jax.Array, axes: tuple[int, ...]) -> jax.Array:
   flat = moved.reshape(moved.shape[:len(kept)] + (-1,))
   one_hot = jax.nn.one_hot(jnp.argmax(flat, axis=-1), flat.shape[-1], dtype=x.dtype)
   return jnp.sum(flat * jax.lax.stop_gradient(one_hot), axis=-1)
+
+
+def select_top_classes(scores: jax.Array, num_sources: int,
+                       threshold: float | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """The K highest-scoring classes per sample, optionally only those at or above a threshold.
+
+  Args:
+    scores: [B, C] class scores (stage-1 probabilities, or the single-stage channel scores).
+    num_sources: K, the number of slots (static).
+    threshold: if given, slots whose score is below it are marked invalid; the best class always stays valid,
+      so every sample gets at least one map.
+
+  Returns:
+    (class_rows [B, K] int32, slot scores [B, K], valid [B, K] bool), best first.
+  """
+  if not 1 <= num_sources <= scores.shape[-1]:
+    raise ValueError(f'Cannot pick {num_sources} classes from a bank of {scores.shape[-1]}.')
+  top_scores, rows = jax.lax.top_k(scores, num_sources)
+  valid = jnp.ones(rows.shape, bool)
+  if threshold is not None:
+    valid = (top_scores >= threshold) | (jnp.arange(num_sources) == 0)
+  return rows.astype(jnp.int32), top_scores, valid

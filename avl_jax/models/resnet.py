@@ -64,11 +64,13 @@ class ResNet(nn.Module):
   """ResNet-18-style trunk without its classifier (torchvision `resnet18` with `fc` = identity).
 
   Stem conv 7x7/2 pad 3 -> BN -> ReLU -> maxpool 3/2 pad 1 (pad -inf), then stages of BasicBlocks of widths
-  w, 2w, 4w, 8w with strides 1, 2, 2, 2. The stage outputs are sown to 'intermediates' as `layer1`..`layer4`.
+  w, 2w, 4w, 8w with strides 1, 2, 2, 2 (`strides`). The stage outputs are sown to 'intermediates' as `layer1`..`layer4`.
 
   Attributes:
     width: stem / first-stage width w (64 for ResNet-18).
     blocks: BasicBlocks per stage.
+    strides: stride of each stage's first block (torchvision: 1, 2, 2, 2, an output stride of 32; e.g.
+      1, 2, 1, 1 gives stride 8, finer maps from small frames).
     global_max_pool: return the global max over H, W (the AVGN audio net's AdaptiveMaxPool2d(1)) instead
       of the feature map.
     bn_scale_init: BatchNorm scale initialiser (torchvision: ones; AVGN audio net: N(1, 0.02^2)).
@@ -80,6 +82,7 @@ class ResNet(nn.Module):
   """
   width: int = 64
   blocks: Sequence[int] = (2, 2, 2, 2)
+  strides: Sequence[int] = (1, 2, 2, 2)
   global_max_pool: bool = False
   bn_scale_init: layers.Initializer = nn.initializers.ones
   bn_momentum: float = 0.9
@@ -90,7 +93,10 @@ class ResNet(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-    """x [B, H, W, D_in] -> [B, H/32, W/32, 8w] (rounded up per stride), or [B, 8w] with global_max_pool."""
+    """x [B, H, W, D_in] -> [B, H/s, W/s, 8w] (s = 4 x the stage strides, rounded up per stride), or [B, 8w]
+    with global_max_pool."""
+    if len(self.strides) != len(self.blocks):
+      raise ValueError(f'strides={tuple(self.strides)} needs one stride per stage of blocks={tuple(self.blocks)}.')
     x = _conv(self.width, 7, 2, 3, name='conv1', kernel_init=self.conv_init, dtype=self.dtype)(x)
     x = layers.BatchNorm(
         momentum=self.bn_momentum, torch_running_var=self.torch_running_var, groups=self.bn_groups,
@@ -102,7 +108,7 @@ class ResNet(nn.Module):
       features = self.width * 2**stage
       for index in range(num_blocks):
         x = BasicBlock(
-            features, strides=2 if stage > 0 and index == 0 else 1, bn_scale_init=self.bn_scale_init,
+            features, strides=self.strides[stage] if index == 0 else 1, bn_scale_init=self.bn_scale_init,
             bn_momentum=self.bn_momentum, torch_running_var=self.torch_running_var,
             bn_groups=self.bn_groups, conv_init=self.conv_init, dtype=self.dtype,
             name=f'layer{stage + 1}_{index}')(x, train=train)

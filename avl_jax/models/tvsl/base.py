@@ -10,6 +10,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from avl_jax.models import layers
+
 from avl_jax.models.audioclip import model as audioclip_model
 from avl_jax.models.tvsl import layers as tvsl_layers
 from avl_jax.models.tvsl import postprocess as tvsl_postprocess
@@ -27,26 +29,8 @@ def check_choice(name: str, value: Any, choices: Sequence[Any]) -> None:
     raise ValueError(f'{name}={value!r}; expected one of {tuple(choices)}.')
 
 
-def select_top_classes(scores: jax.Array, num_sources: int,
-                       threshold: float | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """The K highest-scoring classes per sample, optionally only those at or above a threshold.
-
-  Args:
-    scores: [B, C] class scores (stage-1 probabilities, or the single-stage channel scores).
-    num_sources: K, the number of slots (static).
-    threshold: if given, slots whose score is below it are marked invalid; the best class always stays valid,
-      so every sample gets at least one map.
-
-  Returns:
-    (class_rows [B, K] int32, slot scores [B, K], valid [B, K] bool), best first.
-  """
-  if not 1 <= num_sources <= scores.shape[-1]:
-    raise ValueError(f'Cannot pick {num_sources} classes from a bank of {scores.shape[-1]}.')
-  top_scores, rows = jax.lax.top_k(scores, num_sources)
-  valid = jnp.ones(rows.shape, bool)
-  if threshold is not None:
-    valid = (top_scores >= threshold) | (jnp.arange(num_sources) == 0)
-  return rows.astype(jnp.int32), top_scores, valid
+# Shared with the AVGN family (predicted-class evaluation).
+select_top_classes = layers.select_top_classes
 
 
 def first_occurrences(class_rows: jax.Array) -> jax.Array:

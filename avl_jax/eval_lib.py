@@ -24,6 +24,7 @@ from absl import logging
 import jax
 import ml_collections
 import numpy as np
+import PIL.Image
 
 from avl_jax import families
 from avl_jax import input_pipeline
@@ -153,6 +154,14 @@ def predict_split(config, model, variables, mesh, split: str, localize_fn=None, 
   return result
 
 
+def result_stem(workdir: str, result: dict[str, Any]) -> str:
+  """{workdir}/eval/{split}_{step}; predicted-class results sit beside the (official) oracle ones with a
+  `_predicted` suffix."""
+  source = result.get("class_source", "oracle")
+  suffix = "" if source == "oracle" else f"_{source}"
+  return os.path.join(workdir, "eval", f"{result['split']}_{result['step']}{suffix}")
+
+
 def evaluate_split(config, model, variables, mesh, workdir: str, step: int, split: str, localize_fn=None, *,
                    consts: dict[str, Any] | None = None, save_predictions: bool = False) -> dict[str, Any]:
   """Predicts, scores and (process 0) writes the JSON, CSV and PNG of one split; returns the JSON's content."""
@@ -195,10 +204,7 @@ def evaluate_split(config, model, variables, mesh, workdir: str, step: int, spli
   if save_predictions:  # every host takes part in the gathers; process 0 writes
     export = {k: sharding.gather_rows(pred[k]) for k in ("maps", "boxes", "box_source", "source_class", "id")}
   if jax.process_index() == 0:
-    out_dir = os.path.join(workdir, "eval")
-    # Predicted-class results sit beside the (official) oracle ones: {split}_{step}_predicted.*
-    suffix = "" if result.get("class_source", "oracle") == "oracle" else f"_{result['class_source']}"
-    stem = os.path.join(out_dir, f"{split}_{step}{suffix}")
+    stem = result_stem(workdir, result)
     writers.write_json(f"{stem}.json", result)
     writers.write_csv(f"{stem}.csv", scoring.item_table(item_ids, item_source, item_class, per_items))
     n = min(len(pred["image_uint8"]), config.eval.num_visualize)
@@ -224,15 +230,20 @@ def evaluate_all(config, model, variables, mesh, workdir: str, step: int, writer
                                     consts=consts, save_predictions=save_predictions)
     logging.info("Eval:\n%s", writers.format_result(results[split]))
     if writer is not None:
-      scalars = {f"eval/{split}/{k}": v for k, v in results[split]["metrics"]["model"].items()
+      tag = split + ("" if results[split].get("class_source", "oracle") == "oracle" else "_predicted")
+      scalars = {f"eval/{tag}/{k}": v for k, v in results[split]["metrics"]["model"].items()
                  if isinstance(v, (int, float, np.floating)) and k != "n_samples"}
       for method, summary in results[split]["metrics"].items():  # ablations and baselines, for comparison
         if method != "model":
-          scalars.update({f"eval/{split}/{method}/{k}": summary[k] for k in writers.TABLE_KEYS if k in summary})
+          scalars.update({f"eval/{tag}/{method}/{k}": summary[k] for k in writers.TABLE_KEYS if k in summary})
       for k, v in results[split].get("audio_classification", {}).items():
         if k != "num_examples":
-          scalars[f"eval/{split}/audio_{k}"] = v
+          scalars[f"eval/{tag}/audio_{k}"] = v
       writer.write_scalars(step, scalars)
+      png = result_stem(workdir, results[split]) + ".png"
+      if jax.process_index() == 0 and os.path.exists(png):  # the heat-map grid, also in TensorBoard
+        with PIL.Image.open(png) as image:
+          writer.write_images(step, {f"eval/{tag}/heatmaps": np.asarray(image.convert("RGB"))[None]})
   return results
 
 

@@ -21,11 +21,15 @@ def test_demo_script_builds_trains_evaluates_with_relative_paths(tmp_path):
   assert "demo finished in" in result.stdout
   # A readable log: no Orbax internals, the final checkpoint evaluated once (one table per split).
   assert "checkpoint_manager.py" not in output and "atomicity.py" not in output
-  assert output.count("test_duet (step 2,") == 1 and output.count("test_single (step 2,") == 1
+  assert output.count("sources, protocol official):") == 2 and output.count("test_single (step 2,") == 1
+  # Then test_duet once more with predicted classes (the evaluate binary logs and prints its table).
+  assert output.count("sources, protocol official, predicted classes):") >= 1
+  assert (tmp_path / "wd" / "eval" / "test_duet_2_predicted.json").exists()
   # The workdir and the dataset land where the caller pointed, not in the repository.
   assert (tmp_path / "data" / "synthetic_av" / "tiny").is_dir()
   for split in ("test_single", "test_duet"):
     result_json = json.loads((tmp_path / "wd" / "eval" / f"{split}_2.json").read_text())
-    assert result_json["step"] == 2 and set(result_json["metrics"]) == {"model", "center_prior", "random"}
+    assert result_json["step"] == 2 and set(result_json["metrics"]) == {
+        "model", "silent_audio", "shuffled_audio", "center_prior", "random"}
     assert (tmp_path / "wd" / "eval" / f"{split}_2.png").stat().st_size > 0
   assert not (REPO / "wd").exists()

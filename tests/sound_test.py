@@ -143,3 +143,18 @@ def test_evaluation_scores_audio_ablations_and_the_audio_classifier(tiny_state, 
   assert 0 <= result["class_recall"] <= 1 and result["num_predicted_mean"] == 2.0
   assert os.path.exists(tmp_path / "eval" / "test_duet_4_predicted.json")  # beside, not over, the oracle files
   assert not os.path.exists(tmp_path / "eval" / "test_duet_4.json")
+
+
+def test_tensorboard_gets_ablations_audio_map_and_heatmaps(tiny_state, tmp_path):
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from clu import metric_writers  # pylint: disable=g-import-not-at-top
+  config, mesh, model, state = tiny_state
+  writer = metric_writers.create_default_writer(str(tmp_path / "tb"), asynchronous=False)
+  eval_lib.evaluate_all(config, model, state.variables, mesh, str(tmp_path), 5, writer, splits=["test_duet"])
+  writer.flush()
+  tags = set()
+  for name in os.listdir(tmp_path / "tb"):
+    for event in tf.compat.v1.train.summary_iterator(str(tmp_path / "tb" / name)):
+      tags.update(v.tag for v in event.summary.value)
+  assert {"eval/test_duet/pixel_ap", "eval/test_duet/silent_audio/pixel_ap", "eval/test_duet/shuffled_audio/ciou_mean",
+          "eval/test_duet/center_prior/pixel_ap", "eval/test_duet/audio_map", "eval/test_duet/heatmaps"} <= tags

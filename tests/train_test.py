@@ -102,7 +102,7 @@ def test_train_checkpoint_resume_evaluate(tiny_config, tmp_path):
       result = json.load(f)
     assert result["num_examples"] == 12 and result["step"] == 4
     assert result["num_items"] == (24 if split == "test_duet" else 12)
-    assert set(result["metrics"]) == {"model", "center_prior", "random"}
+    assert set(result["metrics"]) == {"model", "silent_audio", "shuffled_audio", "center_prior", "random"}
     for summary in result["metrics"].values():
       assert 0.0 <= summary["ciou_mean"] <= 1.0 and 0.0 <= summary["auc"] <= 1.0
     assert os.path.getsize(os.path.join(workdir_a, "eval", f"{split}_4.png")) > 1000

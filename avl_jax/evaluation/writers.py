@@ -109,8 +109,9 @@ TABLE_KEYS = ("ciou_mean", "ciou_frac@0.3", "ciou_frac@0.5", "auc", "pixel_ap", 
 
 def format_result(result: dict[str, Any], name: str | None = None) -> str:
   """A header naming the split (or `name`), step, counts and protocol, then `format_table`."""
+  classes = ", predicted classes" if result.get("class_source") == "predicted" else ""
   text = (f"{name or result['split']} (step {result['step']}, {result['num_examples']} examples, {result['num_items']} "
-          f"sources, protocol {result['protocol']}):\n{format_table(result)}")
+          f"sources, protocol {result['protocol']}{classes}):\n{format_table(result)}")
   audio = result.get("audio_classification")
   if audio:
     text += (f"\naudio classifier: mAP {audio['map']:.4f} (chance {audio['chance']:.4f}), "

@@ -557,3 +557,16 @@ def create_eval_dataset(config: ml_collections.ConfigDict, split: str, per_host_
 # grain logs every worker start at INFO; keep the training log readable.
 std_logging.getLogger("grain").setLevel(std_logging.WARNING)
 logging.vlog(1, "avl_jax.input_pipeline loaded")
+
+
+def dataset_class_names(config: ml_collections.ConfigDict) -> list[str] | None:
+  """The dataset's class names in label order (its TFDS metadata `class_names`), None when it has none or
+  they do not match config.dataset.num_classes."""
+  ds = config.dataset
+  try:
+    info = tfds.builder(ds.name, data_dir=ds.get("data_dir")).info
+  except Exception as error:  # pylint: disable=broad-except  (labels only: the evaluation itself goes on)
+    logging.warning("No class names for %s (%s); heat maps are labelled 'class <id>'.", ds.name, error)
+    return None
+  names = list((info.metadata or {}).get("class_names", []))
+  return names if len(names) == ds.num_classes else None

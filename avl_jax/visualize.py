@@ -33,8 +33,9 @@ def _outline(mask: np.ndarray) -> np.ndarray:
 
 def heatmap_grid(frames: np.ndarray, heatmaps: np.ndarray, binarised: np.ndarray, boxes: np.ndarray,
                  box_source: np.ndarray, source_class: np.ndarray, path: str,
-                 class_names: Sequence[str] | None = None, size: int | tuple[int, int] = 224) -> None:
-  """Writes a PNG grid, one row per example.
+                 class_names: Sequence[str] | None = None, size: int | tuple[int, int] = 224,
+                 every_box_on_every_panel: bool = False) -> None:
+  """Writes a PNG grid, one row per example, one column per source slot that some example uses.
 
   Args:
     frames: [N, H, W, 3] uint8.
@@ -42,8 +43,13 @@ def heatmap_grid(frames: np.ndarray, heatmaps: np.ndarray, binarised: np.ndarray
     binarised: [N, S, size, size] bool (the evaluated binarised region).
     boxes: [N, NB, 4] normalised xyxy, padded with -1; box_source: [N, NB] source index (-1 padding).
     source_class: [N, S] class id per source (-1 = no source).
+    class_names: labels indexed by class id (default 'class {c}').
+    every_box_on_every_panel: draw all GT boxes on every panel (predicted classes: panel s is the s-th
+      predicted class, not GT source s), in their source's colour.
   """
-  n, num_sources = heatmaps.shape[:2]
+  n = heatmaps.shape[0]
+  used = np.flatnonzero((source_class >= 0).any(axis=0))
+  num_sources = int(used.max()) + 1 if len(used) else 0  # no empty column for slots no example uses
   size = (size, size) if isinstance(size, int) else tuple(size)
   tile_h, tile_w = size[0] + 4, size[1] + 4
   canvas = Image.new("RGB", (tile_w * (1 + num_sources), tile_h * n), (255, 255, 255))
@@ -64,8 +70,8 @@ def heatmap_grid(frames: np.ndarray, heatmaps: np.ndarray, binarised: np.ndarray
       draw = ImageDraw.Draw(panel)
       colour = SOURCE_COLOURS[s % len(SOURCE_COLOURS)]
       for box, src in zip(boxes[i], box_source[i]):
-        if src == s:
-          _draw_box(draw, box, size, colour)
+        if src == s or (every_box_on_every_panel and src >= 0):
+          _draw_box(draw, box, size, SOURCE_COLOURS[src % len(SOURCE_COLOURS)])
       cls = int(source_class[i, s])
       draw.text((4, 4), class_names[cls] if class_names else f"class {cls}", fill=colour)
       canvas.paste(panel, ((1 + s) * tile_w, i * tile_h))

@@ -158,3 +158,16 @@ def test_tensorboard_gets_ablations_audio_map_and_heatmaps(tiny_state, tmp_path)
       tags.update(v.tag for v in event.summary.value)
   assert {"eval/test_duet/pixel_ap", "eval/test_duet/silent_audio/pixel_ap", "eval/test_duet/shuffled_audio/ciou_mean",
           "eval/test_duet/center_prior/pixel_ap", "eval/test_duet/audio_map", "eval/test_duet/heatmaps"} <= tags
+
+
+def test_heatmap_png_has_a_column_per_used_source_and_class_names(tiny_state, tmp_path):
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from avl_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  from avl_jax.datasets.synthetic_av import generator  # pylint: disable=g-import-not-at-top
+  config, mesh, model, state = tiny_state
+  assert input_pipeline.dataset_class_names(config) == generator.class_names(8)
+  tile = 224 + 4
+  for split, columns in (("test_single", 2), ("test_duet", 3)):  # the frame, then one panel per source
+    eval_lib.evaluate_split(config, model, state.variables, mesh, str(tmp_path), 6, split)
+    with Image.open(tmp_path / "eval" / f"{split}_6.png") as image:
+      assert image.size == (columns * tile, config.eval.num_visualize * tile)

@@ -56,7 +56,8 @@ def write_csv(path: str, table: dict[str, list]) -> None:
 
 
 def write_heatmaps(path: str, frames: np.ndarray, raw_maps: np.ndarray, boxes: np.ndarray, box_source: np.ndarray,
-                   source_class: np.ndarray, tau: float, class_names: list[str] | None = None) -> None:
+                   source_class: np.ndarray, tau: float, class_names: list[str] | None = None,
+                   every_box_on_every_panel: bool = False) -> None:
   """PNG grid: per example the frame with GT boxes, then per source heat map, GT box, binarised region.
 
   Writes `path` directly; wrap the call in `atomic_write` for a kill-safe file.
@@ -69,6 +70,7 @@ def write_heatmaps(path: str, frames: np.ndarray, raw_maps: np.ndarray, boxes: n
     source_class: [n, S] class per source (-1: no source, not drawn).
     tau: temperature (the picture does not depend on it: it shows the min-max map).
     class_names: labels indexed by class (default 'class {c}').
+    every_box_on_every_panel: see visualize.heatmap_grid (predicted classes).
   """
   n, num_sources = raw_maps.shape[:2]
   if n == 0:
@@ -80,7 +82,7 @@ def write_heatmaps(path: str, frames: np.ndarray, raw_maps: np.ndarray, boxes: n
   heat = pred.reshape(n, num_sources, gt_maps.GT_SIZE, gt_maps.GT_SIZE)
   infer = (pred >= thr[:, None, None]).reshape(n, num_sources, gt_maps.GT_SIZE, gt_maps.GT_SIZE)
   visualize.heatmap_grid(frames[:n], heat, infer, boxes, box_source, source_class, path, class_names=class_names,
-                         size=gt_maps.GT_SIZE)
+                         size=gt_maps.GT_SIZE, every_box_on_every_panel=every_box_on_every_panel)
 
 
 def prediction_arrays(pred: dict[str, np.ndarray], tau: float, step: int | None = None) -> dict[str, Any]:

@@ -14,7 +14,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
+from avl_jax import input_pipeline
 from avl_jax.evaluation import scoring
 from avl_jax.evaluation import writers
 from avl_jax.families import base
@@ -89,8 +91,12 @@ class AVGNFamily(base.Family):
     return fields
 
   def draw(self, path: str, config, pred: dict[str, Any], n: int) -> None:
+    predicted = "pred_rows" in pred  # panel s shows the s-th predicted class, every GT box on each panel
+    classes = np.where(pred["pred_valid"], pred["pred_rows"], -1) if predicted else pred["source_class"]
     writers.write_heatmaps(path, pred["image_uint8"][:n], pred["maps"][:n], pred["boxes"][:n],
-                           pred["box_source"][:n], pred["source_class"][:n], self.tau(config))
+                           pred["box_source"][:n], classes[:n], self.tau(config),
+                           class_names=input_pipeline.dataset_class_names(config),
+                           every_box_on_every_panel=predicted)
 
 
 FAMILY = AVGNFamily()

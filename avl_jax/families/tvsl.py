@@ -142,7 +142,7 @@ class TVSLFamily(base.Family):
     if pred.get("canvas"):  # source s's boxes lie on its half of the canvas
       boxes = gt_lib.boxes_on_canvas(boxes, box_source)
     visualize.heatmap_grid(frames, np.nan_to_num(post["score"]), post["infer"], boxes, box_source, source_class,
-                           path, size=size)
+                           path, size=size, class_names=input_pipeline.dataset_class_names(config))
 
 
 FAMILY = TVSLFamily()

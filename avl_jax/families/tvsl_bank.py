@@ -31,8 +31,7 @@ from avl_jax.models.tvsl import text_bank as text_bank_lib
 def dataset_class_names(config: ml_collections.ConfigDict) -> list[str]:
   """The dataset's class names in label order (its TFDS metadata `class_names`)."""
   ds = config.dataset
-  info = tfds.builder(ds.name, data_dir=ds.data_dir).info
-  names = list((info.metadata or {}).get("class_names", []))
+  names = list((tfds.builder(ds.name, data_dir=ds.data_dir).info.metadata or {}).get("class_names", []))
   if len(names) != ds.num_classes:
     raise ValueError(f"config.dataset.num_classes={ds.num_classes}, but {ds.name!r} lists {len(names)} class "
                      "names in its metadata; T-VSL needs one name per class for its text bank.")

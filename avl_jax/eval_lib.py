@@ -35,11 +35,6 @@ from avl_jax.evaluation import writers
 from avl_jax.metrics import predictions
 
 
-# The same model and protocol with the audio replaced (config.eval.audio_ablations): a zero waveform, and
-# another example's waveform (a fixed derangement of the split's examples, see `shuffled_audio`).
-ABLATIONS = scoring.ABLATIONS
-
-
 def _key(prefix: str, key: str) -> str:
   return f"{prefix}:{key}" if prefix else key
 
@@ -137,7 +132,7 @@ def predict_split(config, model, variables, mesh, split: str, localize_fn=None, 
   result = {k: np.concatenate(v) for k, v in outputs.items()}
   valid = result.pop("mask") > 0
   result = {k: v[valid] for k, v in result.items()}
-  for name in ABLATIONS if ablations else ():  # {'silent_audio': {'maps': ..., ...}, ...}
+  for name in scoring.ABLATIONS if ablations else ():  # {'silent_audio': {'maps': ..., ...}, ...}
     result[name] = {k.split(":", 1)[1]: result.pop(k) for k in list(result) if k.startswith(name + ":")}
   bad = ~np.isfinite(result["maps"]).all(axis=tuple(range(1, result["maps"].ndim)))
   if bad.any():
@@ -154,12 +149,15 @@ def predict_split(config, model, variables, mesh, split: str, localize_fn=None, 
   return result
 
 
-def result_stem(workdir: str, result: dict[str, Any]) -> str:
-  """{workdir}/eval/{split}_{step}; predicted-class results sit beside the (official) oracle ones with a
-  `_predicted` suffix."""
+def _class_suffix(result: dict[str, Any]) -> str:
+  """'' for oracle classes (official), else '_{class_source}': such results sit beside the oracle ones."""
   source = result.get("class_source", "oracle")
-  suffix = "" if source == "oracle" else f"_{source}"
-  return os.path.join(workdir, "eval", f"{result['split']}_{result['step']}{suffix}")
+  return "" if source == "oracle" else f"_{source}"
+
+
+def result_stem(workdir: str, result: dict[str, Any]) -> str:
+  """{workdir}/eval/{split}_{step}, with `_class_suffix` (e.g. test_duet_800_predicted)."""
+  return os.path.join(workdir, "eval", f"{result['split']}_{result['step']}{_class_suffix(result)}")
 
 
 def evaluate_split(config, model, variables, mesh, workdir: str, step: int, split: str, localize_fn=None, *,
@@ -175,7 +173,7 @@ def evaluate_split(config, model, variables, mesh, workdir: str, step: int, spli
   inputs = family.scoring_inputs(config, pred, example_idx, source_idx, gt, nbox)
   extra.update(inputs.extra)
   ablations = {}
-  for name in ABLATIONS:
+  for name in scoring.ABLATIONS:
     if name in pred:  # the same scoring inputs, from the maps (and predicted classes) of the altered audio
       altered = family.scoring_inputs(config, {**pred, **pred[name]}, example_idx, source_idx, gt.copy(), nbox)
       ablations[name] = altered.raw_maps
@@ -230,7 +228,7 @@ def evaluate_all(config, model, variables, mesh, workdir: str, step: int, writer
                                     consts=consts, save_predictions=save_predictions)
     logging.info("Eval:\n%s", writers.format_result(results[split]))
     if writer is not None:
-      tag = split + ("" if results[split].get("class_source", "oracle") == "oracle" else "_predicted")
+      tag = split + _class_suffix(results[split])
       scalars = {f"eval/{tag}/{k}": v for k, v in results[split]["metrics"]["model"].items()
                  if isinstance(v, (int, float, np.floating)) and k != "n_samples"}
       for method, summary in results[split]["metrics"].items():  # ablations and baselines, for comparison

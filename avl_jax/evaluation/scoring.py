@@ -141,7 +141,6 @@ def audio_classification(class_scores: np.ndarray, source_class: np.ndarray, mul
     expected mAP of random scores (the mean positive rate of those classes), 'top1': fraction of examples whose
     best-scored class sounds, 'num_examples'}.
   """
-  num_classes = class_scores.shape[1]
   labels = np.zeros(class_scores.shape, np.float32)
   rows, cols = np.nonzero(source_class >= 0)
   labels[rows, source_class[rows, cols]] = 1.0
@@ -152,7 +151,6 @@ def audio_classification(class_scores: np.ndarray, source_class: np.ndarray, mul
     return {"map": float("nan"), "chance": float("nan"), "top1": float("nan"), "num_examples": len(labels)}
   ap = ranking.average_precision(class_scores.T[present].astype(np.float32), labels.T[present])
   top1 = labels[np.arange(len(labels)), np.argmax(class_scores, axis=1)]
-  del num_classes
   return {"map": float(np.mean(ap)), "chance": float(labels.mean(axis=0)[present].mean()),
           "top1": float(top1.mean()), "num_examples": int(len(labels))}
 
@@ -169,7 +167,7 @@ def match_predicted(pred: dict, example_idx: np.ndarray, source_idx: np.ndarray,
       `pred_rows` / `gt_rows` (the predicted and GT class ids, for class_recall).
     example_idx, source_idx, gt, nbox: the items (gt [M, H, W]).
     score_kwargs: localization.score_maps keywords of the family's maps (map_range, tau, binarize, ...).
-    to_scores: optional [N, h, w] raw -> [N, H, W] transform applied before scoring (e.g. T-VSL's min-max).
+    to_scores: optional [N, h, w] raw -> [N, H, W] transform applied before scoring (e.g. a per-map min-max).
 
   Returns:
     (raw maps [M, h, w] matched to the items, unmatched [M] bool (no valid map left: the caller fills it

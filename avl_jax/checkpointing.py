@@ -2,19 +2,43 @@
 
 Layout: `{workdir}/checkpoints/{step}/{state,data_iter}`. The state is restored against an abstract target that
 carries the *current* shardings, so a checkpoint written on 8 devices restores on 1 (and vice versa).
+
+Damage and mismatch are told apart before anything is restored: a checkpoint whose saved variables have other
+shapes than the current model's (a workdir made by another config) raises `CheckpointMismatchError` naming the
+variable and both shapes; one that cannot be read (truncated arrays, a missing or garbage item, an empty step
+directory) raises `DamagedCheckpointError`, and `restore_latest` falls back to the newest step that restores,
+moving each damaged step aside to `{workdir}/checkpoints_damaged/` (nothing is ever deleted).
 """
 import json
 import os
+import shutil
+import sys
 from typing import Any
 
 from absl import logging
 from flax import traverse_util
+from etils import epath
 import grain
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
 VARIABLES_METADATA = "avl_jax_variables.json"
+DAMAGED_DIR = "checkpoints_damaged"  # beside `checkpoints/`: damaged steps moved aside by restore_latest
+
+
+class DamagedCheckpointError(RuntimeError):
+  """A checkpoint step that exists but cannot be restored (the message names the step and the cause)."""
+
+  def __init__(self, step: int, directory: str, cause: Exception):
+    detail = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
+    detail = detail.split(" See full TensorStore details")[0][:300]
+    super().__init__(f"checkpoint step {step} in {directory} cannot be restored: {type(cause).__name__}: {detail}")
+    self.step = step
+
+
+class CheckpointMismatchError(ValueError):
+  """The checkpoint holds other variables or shapes than the current config's model."""
 
 
 def create_manager(workdir: str, *, save_interval_steps: int = 1, max_to_keep: int | None = 3,
@@ -39,15 +63,143 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, data_iter: Any |
   return saved
 
 
+def _path_name(path) -> str:
+  """'params/encoder/kernel' from a jax key path (dict keys, attributes and indices alike)."""
+  parts = []
+  for key in path:
+    for attr in ("key", "name", "idx"):
+      if hasattr(key, attr):
+        parts.append(str(getattr(key, attr)))
+        break
+  return "/".join(parts)
+
+
+def saved_shapes(manager: ocp.CheckpointManager, step: int) -> dict[str, tuple[int, ...]] | None:
+  """{variable path: shape} of the state saved at `step`, from its metadata; None if unreadable (damage)."""
+  path = epath.Path(str(manager.directory)) / str(step) / "state"
+  try:
+    metadata = ocp.PyTreeCheckpointHandler().metadata(path)
+    tree = getattr(metadata, "tree", metadata)
+    leaves = jax.tree_util.tree_leaves_with_path(tree, is_leaf=lambda x: hasattr(x, "shape"))
+    return {_path_name(p): tuple(leaf.shape) for p, leaf in leaves if hasattr(leaf, "shape")}
+  except Exception:  # pylint: disable=broad-except
+    return None
+
+
+def check_compatible(manager: ocp.CheckpointManager, step: int, abstract_state: Any,
+                     config_diff: str = "") -> None:
+  """Raises CheckpointMismatchError if the state saved at `step` has other variables or shapes than the model.
+
+  A step whose metadata cannot be read passes (the restore reports the damage). `config_diff` (how the saved
+  config differs from the current one) is appended to the message.
+  """
+  saved = saved_shapes(manager, step)
+  if saved is None:
+    return
+  want = {_path_name(p): tuple(x.shape) for p, x in jax.tree_util.tree_leaves_with_path(abstract_state)}
+  where = os.path.join(str(manager.directory), str(step))
+  hint = (" The workdir was made by another config: use a new --workdir, or the config it was trained with."
+          + (f" Saved config vs this one:\n{config_diff}" if config_diff else ""))
+  for name in sorted(want):
+    if name in saved and saved[name] != want[name]:
+      raise CheckpointMismatchError(
+          f"Checkpoint {where}: variable {name} has shape {saved[name]}, this config's model expects "
+          f"{want[name]}.{hint}")
+  missing, extra = sorted(set(want) - set(saved)), sorted(set(saved) - set(want))
+  if missing or extra:
+    raise CheckpointMismatchError(
+        f"Checkpoint {where}: {len(missing)} variable(s) of the model are not saved (e.g. {missing[:3]}) and "
+        f"{len(extra)} saved variable(s) are not in the model (e.g. {extra[:3]}).{hint}")
+
+
+_PREVIOUS_UNRAISABLEHOOK = None
+
+
+def _quiet_closed_event_loop() -> None:
+  """Drops the errors that TensorStore's abandoned reads report after a failed restore.
+
+  When one array of a checkpoint cannot be read, Orbax closes its event loop while the other reads are still in
+  flight; each then reports RuntimeError('Event loop is closed') or its own read error to sys.unraisablehook
+  (hundreds of tracebacks hiding the one warning that matters: DamagedCheckpointError). Only those two errors
+  are dropped; every other unraisable passes through.
+  """
+  global _PREVIOUS_UNRAISABLEHOOK
+  if _PREVIOUS_UNRAISABLEHOOK is not None:
+    return
+  _PREVIOUS_UNRAISABLEHOOK = sys.unraisablehook
+
+  def hook(unraisable):
+    value = unraisable.exc_value
+    if isinstance(value, RuntimeError) and str(value) == "Event loop is closed":
+      return
+    if str(value).startswith("Encountered error while reading array index"):  # the abandoned reads themselves
+      return
+    _PREVIOUS_UNRAISABLEHOOK(unraisable)
+
+  sys.unraisablehook = hook
+
+
 def restore(manager: ocp.CheckpointManager, step: int, abstract_state: Any,
-            data_iter: Any | None = None) -> Any:
-  """Restores the state at `step` onto `abstract_state`'s shardings; restores `data_iter` in place if given."""
+            data_iter: Any | None = None, *, config_diff: str = "") -> Any:
+  """Restores the state at `step` onto `abstract_state`'s shardings; restores `data_iter` in place if given.
+
+  Raises:
+    CheckpointMismatchError: the saved variables do not fit the model (another config made the workdir).
+    DamagedCheckpointError: the step cannot be read (truncated or missing files, garbage iterator state).
+  """
+  check_compatible(manager, step, abstract_state, config_diff)
+  _quiet_closed_event_loop()
   items = {"state": ocp.args.StandardRestore(abstract_state)}
   if data_iter is not None:
     items["data_iter"] = grain.checkpoint.CheckpointRestore(data_iter)
-  restored = manager.restore(step, args=ocp.args.Composite(**items))
+  try:
+    restored = manager.restore(step, args=ocp.args.Composite(**items))
+  except Exception as e:  # pylint: disable=broad-except
+    raise DamagedCheckpointError(step, str(manager.directory), e) from e
   logging.info("Restored checkpoint for step %d from %s.", step, manager.directory)
   return restored["state"]
+
+
+def move_aside(manager: ocp.CheckpointManager, step: int) -> str:
+  """Moves `{checkpoints}/{step}` to `{workdir}/checkpoints_damaged/{step}[-n]` (process 0); returns the new path."""
+  source = os.path.join(str(manager.directory), str(step))
+  target_dir = os.path.join(os.path.dirname(str(manager.directory).rstrip("/")), DAMAGED_DIR)
+  target = os.path.join(target_dir, str(step))
+  n = 0
+  while os.path.exists(target):
+    n += 1
+    target = os.path.join(target_dir, f"{step}-{n}")
+  if jax.process_index() == 0:
+    os.makedirs(target_dir, exist_ok=True)
+    shutil.move(source, target)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices(f"avl_jax_move_aside_{step}")
+  manager.reload()
+  return target
+
+
+def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any, data_iter: Any | None = None, *,
+                   move_damaged: bool = False, config_diff: str = "") -> tuple[Any, int | None]:
+  """(state, step) of the newest checkpoint that restores; (None, None) when there is none.
+
+  Each damaged step on the way is logged with its cause and, with `move_damaged` (training: the step would
+  be written again), moved aside to `checkpoints_damaged/`; evaluation leaves it where it is.
+
+  Raises:
+    CheckpointMismatchError: from `restore` (another config's checkpoints: no fallback would help).
+  """
+  manager.reload()
+  for step in sorted(manager.all_steps(), reverse=True):
+    try:
+      return restore(manager, step, abstract_state, data_iter, config_diff=config_diff), step
+    except DamagedCheckpointError as e:
+      if move_damaged:
+        logging.warning("%s. Falling back to the previous checkpoint; moved the damaged step to %s.",
+                        e, move_aside(manager, step))
+      else:
+        logging.warning("%s. Falling back to the previous checkpoint (the damaged step is left in place).", e)
+  return None, None
 
 
 # ----------------------------------------------------------------------------------- variables-only checkpoints

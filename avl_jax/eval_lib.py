@@ -141,7 +141,10 @@ def predict_split(config, model, variables, mesh, split: str, localize_fn=None, 
         f"The model produced non-finite heat maps for {int(bad.sum())} of {len(bad)} examples of {split!r} "
         f"(first: {names}). The weights are broken (diverged training, or converted weights with invalid "
         "BatchNorm statistics); nothing was scored.")
-  result["image_uint8"] = np.concatenate(frames)[valid[:sum(len(f) for f in frames)]][:config.eval.num_visualize]
+  if frames:
+    result["image_uint8"] = np.concatenate(frames)[valid[:sum(len(f) for f in frames)]][:config.eval.num_visualize]
+  else:  # config.eval.num_visualize = 0: nothing is drawn
+    result["image_uint8"] = np.zeros((0, 0, 0, 3), np.uint8)
   result["gt_format"] = getattr(data, "gt_format", "") or ""
   result["canvas"] = bool(canvas)
   logging.info("Predicted %d examples of %s on this host (%d of %d in the split).", valid.sum(), split,
@@ -155,14 +158,23 @@ def _class_suffix(result: dict[str, Any]) -> str:
   return "" if source == "oracle" else f"_{source}"
 
 
-def result_stem(workdir: str, result: dict[str, Any]) -> str:
-  """{workdir}/eval/{split}_{step}, with `_class_suffix` (e.g. test_duet_800_predicted)."""
-  return os.path.join(workdir, "eval", f"{result['split']}_{result['step']}{_class_suffix(result)}")
+def output_dir(workdir: str, output: str | None = None) -> str:
+  """Where a workdir's evaluation results go: `output` if given (evaluate --output_dir), else {workdir}/eval."""
+  return output or os.path.join(workdir, "eval")
+
+
+def result_stem(workdir: str, result: dict[str, Any], output: str | None = None) -> str:
+  """{output_dir}/{split}_{step}, with `_class_suffix` (e.g. test_duet_800_predicted)."""
+  return os.path.join(output_dir(workdir, output), f"{result['split']}_{result['step']}{_class_suffix(result)}")
 
 
 def evaluate_split(config, model, variables, mesh, workdir: str, step: int, split: str, localize_fn=None, *,
-                   consts: dict[str, Any] | None = None, save_predictions: bool = False) -> dict[str, Any]:
-  """Predicts, scores and (process 0) writes the JSON, CSV and PNG of one split; returns the JSON's content."""
+                   consts: dict[str, Any] | None = None, save_predictions: bool = False,
+                   output: str | None = None) -> dict[str, Any]:
+  """Predicts, scores and (process 0) writes the JSON, CSV and PNG of one split; returns the JSON's content.
+
+  Files go to `output_dir(workdir, output)` ({workdir}/eval by default).
+  """
   family = families.of(config)
   if save_predictions and not family.supports_prediction_files:
     raise ValueError(f"--save_predictions is not available for {config.model_name} yet: the predictions-file "
@@ -202,7 +214,7 @@ def evaluate_split(config, model, variables, mesh, workdir: str, step: int, spli
   if save_predictions:  # every host takes part in the gathers; process 0 writes
     export = {k: sharding.gather_rows(pred[k]) for k in ("maps", "boxes", "box_source", "source_class", "id")}
   if jax.process_index() == 0:
-    stem = result_stem(workdir, result)
+    stem = result_stem(workdir, result, output)
     writers.write_json(f"{stem}.json", result)
     writers.write_csv(f"{stem}.csv", scoring.item_table(item_ids, item_source, item_class, per_items))
     n = min(len(pred["image_uint8"]), config.eval.num_visualize)
@@ -216,7 +228,7 @@ def evaluate_split(config, model, variables, mesh, workdir: str, step: int, spli
 
 def evaluate_all(config, model, variables, mesh, workdir: str, step: int, writer=None, *,
                  consts: dict[str, Any] | None = None, splits: list[str] | None = None, localize_fn=None,
-                 save_predictions: bool = False) -> dict[str, Any]:
+                 save_predictions: bool = False, output: str | None = None) -> dict[str, Any]:
   """Evaluates `splits` (default config.dataset.eval_splits); logs a table and writes `eval/{split}/*` scalars.
 
   `localize_fn` (from make_localize_fn) can be passed in so that many checkpoints share one compilation.
@@ -225,7 +237,7 @@ def evaluate_all(config, model, variables, mesh, workdir: str, step: int, writer
   results = {}
   for split in (config.dataset.eval_splits if splits is None else splits):
     results[split] = evaluate_split(config, model, variables, mesh, workdir, step, split, localize_fn,
-                                    consts=consts, save_predictions=save_predictions)
+                                    consts=consts, save_predictions=save_predictions, output=output)
     logging.info("Eval:\n%s", writers.format_result(results[split]))
     if writer is not None:
       tag = split + _class_suffix(results[split])
@@ -238,7 +250,7 @@ def evaluate_all(config, model, variables, mesh, workdir: str, step: int, writer
         if k != "num_examples":
           scalars[f"eval/{tag}/audio_{k}"] = v
       writer.write_scalars(step, scalars)
-      png = result_stem(workdir, results[split]) + ".png"
+      png = result_stem(workdir, results[split], output) + ".png"
       if jax.process_index() == 0 and os.path.exists(png):  # the heat-map grid, also in TensorBoard
         with PIL.Image.open(png) as image:
           writer.write_images(step, {f"eval/{tag}/heatmaps": np.asarray(image.convert("RGB"))[None]})

@@ -17,8 +17,14 @@ killed at any point, a rerun redoes at most the checkpoint it was on. `--watch` 
 job until the final step (config.num_train_steps) is evaluated or `--watch_timeout` passes without a new
 checkpoint.
 
-Exit codes: 0 success; 1 a missing checkpoint, dataset or split, an empty split, or bad flags; 2 a predictions
-file that violates the schema (the message names the array and the index).
+Results go to `--output_dir` instead of `DIR/eval` when given (a read-only workdir: the checkpoints are only
+read). Without --step, a latest checkpoint that cannot be restored is reported and the newest one that restores
+is evaluated; `--all` reports and skips such a step (never recorded, never deleted). Temporaries of killed
+evaluations are removed from the results directory on start.
+
+Exit codes: 0 success; 1 a missing or damaged checkpoint, a checkpoint of another config, a missing dataset or
+split, an empty split, a bad config value or flag, an unwritable results directory; 2 a predictions file that
+violates the schema (the message names the array and the index).
 """
 import collections.abc
 import datetime
@@ -42,7 +48,9 @@ import numpy as np  # noqa: E402
 from avl_jax import checkpointing  # noqa: E402
 from avl_jax import eval_lib  # noqa: E402
 from avl_jax import input_pipeline  # noqa: E402
+from avl_jax import cli  # noqa: E402
 from avl_jax import logs  # noqa: E402
+from avl_jax import resolve  # noqa: E402
 from avl_jax import sharding  # noqa: E402
 from avl_jax import train  # noqa: E402
 from avl_jax.evaluation import writers  # noqa: E402
@@ -65,6 +73,9 @@ _WEIGHTS = flags.DEFINE_string(
     "weights", None, "Evaluate a converted-weights directory (written by `python -m avl_jax.convert` from "
     "official weights) instead of a training checkpoint; it must hold every variable of the config's "
     "model. Results go to WORKDIR/eval/ as step 0. Not with --step or --all.")
+_OUTPUT_DIR = flags.DEFINE_string(
+    "output_dir", None, "Checkpoint mode: write the results, the ledger and TensorBoard scalars here instead of "
+    "WORKDIR/eval (e.g. when the workdir is read-only); checkpoints are only read.")
 _SPLITS = flags.DEFINE_list("splits", None, "Eval splits (default: config.dataset.eval_splits).")
 _PROTOCOL = flags.DEFINE_enum(
     "protocol", None, ["official", "standard"], "Metric protocol, docs/metrics.md §6 (default: "
@@ -95,13 +106,13 @@ _STOP, _WAIT = -1, -2  # Loop actions of evaluate_checkpoints besides "evaluate 
 
 # ----------------------------------------------------------------------------------------------------- ledger
 
-def ledger_path(workdir: str) -> str:
-  return os.path.join(workdir, "eval", LEDGER)
+def ledger_path(workdir: str, output: str | None = None) -> str:
+  return os.path.join(eval_lib.output_dir(workdir, output), LEDGER)
 
 
-def read_ledger(workdir: str) -> dict[int, dict[str, Any]]:
+def read_ledger(workdir: str, output: str | None = None) -> dict[int, dict[str, Any]]:
   """{step: {'splits': [...], 'protocol', 'time', 'seconds'}} of the finished checkpoints ({} if none yet)."""
-  path = ledger_path(workdir)
+  path = ledger_path(workdir, output)
   if not os.path.exists(path):
     return {}
   with open(path) as f:
@@ -112,10 +123,10 @@ def read_ledger(workdir: str) -> dict[int, dict[str, Any]]:
   return {int(step): entry for step, entry in raw.items()}
 
 
-def write_ledger(workdir: str, ledger: dict[int, dict[str, Any]]) -> None:
+def write_ledger(workdir: str, ledger: dict[int, dict[str, Any]], output: str | None = None) -> None:
   """Atomic rewrite (temporary file + rename), process 0 only: a kill never leaves a partial ledger."""
   if jax.process_index() == 0:
-    writers.write_json(ledger_path(workdir), {str(step): ledger[step] for step in sorted(ledger)})
+    writers.write_json(ledger_path(workdir, output), {str(step): ledger[step] for step in sorted(ledger)})
 
 
 def pending_splits(ledger: dict[int, dict[str, Any]], step: int, splits, protocol: str) -> list[str]:
@@ -131,15 +142,19 @@ def pending_splits(ledger: dict[int, dict[str, Any]], step: int, splits, protoco
 class CheckpointEvaluator:
   """Restores checkpoints of one workdir and evaluates them; each finished step is recorded in the ledger.
 
-  The model, abstract state and jitted localization are built once, on the first evaluation.
+  The model, abstract state and jitted localization are built once, on the first evaluation. Results go to
+  `output` (default {workdir}/eval), which must be writable; temporaries that killed evaluations left there
+  are removed first.
   """
 
-  def __init__(self, config, workdir: str, *, save_predictions: bool = False):
+  def __init__(self, config, workdir: str, *, save_predictions: bool = False, output: str | None = None):
     self.config = config
     self.workdir = workdir
+    self.output = eval_lib.output_dir(workdir, output)
     self.save_predictions = save_predictions
+    prepare_output(self.output)
     self.manager = checkpointing.create_manager(workdir, create=False)
-    self.ledger = read_ledger(workdir)
+    self.ledger = read_ledger(workdir, self.output)
     self._built = None
     self._writer = None
 
@@ -158,7 +173,7 @@ class CheckpointEvaluator:
       localize_fn = eval_lib.make_localize_fn(self.config, setup.model, mesh)
       self._built = (mesh, setup, localize_fn)
       self._writer = metric_writers.create_default_writer(
-          os.path.join(self.workdir, "eval", "tensorboard"), just_logging=jax.process_index() > 0,
+          os.path.join(self.output, "tensorboard"), just_logging=jax.process_index() > 0,
           asynchronous=False)
     return self._built
 
@@ -167,12 +182,13 @@ class CheckpointEvaluator:
     splits = list(self.config.dataset.eval_splits if splits is None else splits)
     mesh, setup, localize_fn = self._build()
     start = time.time()
-    state = checkpointing.restore(self.manager, step, setup.abstract_state)
+    state = checkpointing.restore(self.manager, step, setup.abstract_state,
+                                  config_diff=train.config_diff(self.workdir, self.config))
     consts = train.make_consts(setup, state.params, mesh)  # the family's constants (never checkpointed)
     with jax.set_mesh(mesh):
       results = eval_lib.evaluate_all(self.config, setup.model, state.variables, mesh, self.workdir, step,
                                       self._writer, consts=consts, splits=splits, localize_fn=localize_fn,
-                                      save_predictions=self.save_predictions)
+                                      save_predictions=self.save_predictions, output=self.output)
     self._writer.flush()
     protocol = self.config.eval.protocol
     previous = self.ledger.get(step, {})
@@ -183,7 +199,7 @@ class CheckpointEvaluator:
         "time": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "seconds": round(time.time() - start, 1),
     }
-    write_ledger(self.workdir, self.ledger)
+    write_ledger(self.workdir, self.ledger, self.output)
     return results
 
   def close(self) -> None:
@@ -191,29 +207,54 @@ class CheckpointEvaluator:
       self._writer.close()
 
 
-def evaluate(config, workdir: str, step: int | None = None, *, save_predictions: bool = False) -> dict:
-  """Restores `step` (or the latest) from `workdir` and evaluates every configured split; {split: result}."""
-  evaluator = CheckpointEvaluator(config, workdir, save_predictions=save_predictions)
+def prepare_output(output: str) -> None:
+  """Process 0: `output` must be writable (else an error offering --output_dir); stale temporaries removed."""
+  if jax.process_index() != 0:
+    return
+  writers.check_writable(output, " Pass --output_dir=DIR to write the evaluation results elsewhere (the "
+                         "checkpoints are only read).")
+  removed = writers.remove_stale_temp_files(output)
+  if removed:
+    logging.warning("Removed %d temporary file(s) left in %s by killed evaluations (e.g. %s).", len(removed),
+                    output, os.path.basename(removed[0]))
+
+
+def evaluate(config, workdir: str, step: int | None = None, *, save_predictions: bool = False,
+             output: str | None = None) -> dict:
+  """Restores `step` (or the latest) from `workdir` and evaluates every configured split; {split: result}.
+
+  Without `step`, a latest checkpoint that cannot be restored is reported (warning naming the step and the
+  error) and the newest one that restores is evaluated instead; nothing is moved or deleted.
+  """
+  evaluator = CheckpointEvaluator(config, workdir, save_predictions=save_predictions, output=output)
   steps = evaluator.steps()
   if not steps:
     raise FileNotFoundError(f"No checkpoint found in {os.path.join(workdir, 'checkpoints')}.")
-  if step is None:
-    step = max(steps)
-  elif step not in steps:
+  if step is not None and step not in steps:
     raise FileNotFoundError(f"No checkpoint for step {step} in {workdir}; available steps: {sorted(steps)}.")
   try:
-    return evaluator.evaluate(step)
+    if step is not None:
+      return evaluator.evaluate(step)
+    for candidate in sorted(steps, reverse=True):
+      try:
+        return evaluator.evaluate(candidate)
+      except checkpointing.DamagedCheckpointError as e:
+        logging.warning("%s. Evaluating the previous checkpoint instead (the damaged one is left in place).", e)
+    raise FileNotFoundError(f"None of the checkpoints {sorted(steps)} in {workdir} can be restored (see the "
+                            "warnings above).")
   finally:
     evaluator.close()
 
 
-def evaluate_weights(config, workdir: str, weights_dir: str, *, save_predictions: bool = False) -> dict:
+def evaluate_weights(config, workdir: str, weights_dir: str, *, save_predictions: bool = False,
+                     output: str | None = None) -> dict:
   """Evaluates the variables of a converted-weights directory with `config`'s model; {split: result}.
 
   Raises:
     FileNotFoundError: `weights_dir` is not a converted-weights directory.
     ValueError: the weights do not fit the model (a name or shape it lacks, or variables it needs missing).
   """
+  prepare_output(eval_lib.output_dir(workdir, output))
   mesh = sharding.create_mesh(config.mesh)
   setup = train.build(config, mesh)
   abstract = {"params": setup.abstract_state.params, "batch_stats": setup.abstract_state.batch_stats}
@@ -231,7 +272,7 @@ def evaluate_weights(config, workdir: str, weights_dir: str, *, save_predictions
   consts = train.make_consts(setup, variables["params"], mesh)
   with jax.set_mesh(mesh):
     return eval_lib.evaluate_all(config, setup.model, variables, mesh, workdir, 0, None, consts=consts,
-                                 save_predictions=save_predictions)
+                                 save_predictions=save_predictions, output=output)
 
 
 def _from_process_0(action: np.ndarray) -> np.ndarray:
@@ -242,7 +283,7 @@ def _from_process_0(action: np.ndarray) -> np.ndarray:
 
 
 def evaluate_checkpoints(config, workdir: str, *, watch: bool = False, poll_seconds: float = 60.0,
-                         watch_timeout: float = 3600.0, save_predictions: bool = False,
+                         watch_timeout: float = 3600.0, save_predictions: bool = False, output: str | None = None,
                          sleep: collections.abc.Callable[[float], None] = time.sleep,
                          clock: collections.abc.Callable[[], float] = time.monotonic) -> dict[int, dict[str, Any]]:
   """`--all`: evaluates every checkpoint (and split) the ledger does not list, oldest first.
@@ -255,6 +296,7 @@ def evaluate_checkpoints(config, workdir: str, *, watch: bool = False, poll_seco
     poll_seconds: pause between listings when nothing is pending.
     watch_timeout: see `watch`.
     save_predictions: also export the maps of every split (eval_lib.evaluate_split).
+    output: results directory (default {workdir}/eval).
     sleep, clock: injectable for tests.
 
   Returns:
@@ -263,11 +305,11 @@ def evaluate_checkpoints(config, workdir: str, *, watch: bool = False, poll_seco
   Raises:
     FileNotFoundError: the workdir has no checkpoint (after waiting, with watch).
   """
-  evaluator = CheckpointEvaluator(config, workdir, save_predictions=save_predictions)
+  evaluator = CheckpointEvaluator(config, workdir, save_predictions=save_predictions, output=output)
   splits = list(config.dataset.eval_splits)
   if len(splits) > 31:  # pending splits travel between hosts as the bits of an int32
     raise ValueError(f"--all supports at most 31 eval splits; got {len(splits)}.")
-  evaluated, seen = {}, set()
+  evaluated, seen, damaged = {}, set(), set()
   last_new = clock()
   try:
     while True:
@@ -275,7 +317,7 @@ def evaluate_checkpoints(config, workdir: str, *, watch: bool = False, poll_seco
       if set(steps) - seen:
         seen.update(steps)
         last_new = clock()
-      todo = [(step, evaluator.pending(step)) for step in steps]
+      todo = [(step, evaluator.pending(step)) for step in steps if step not in damaged]
       todo = [(step, pending) for step, pending in todo if pending]
       if todo:
         step, pending = todo[0]
@@ -298,10 +340,16 @@ def evaluate_checkpoints(config, workdir: str, *, watch: bool = False, poll_seco
       logging.info("Evaluating step %d (%s).", step, ", ".join(pending))
       try:
         evaluated[step] = evaluator.evaluate(step, pending)
-      except Exception:  # pylint: disable=broad-except
+      except checkpointing.CheckpointMismatchError:
+        raise
+      except Exception as e:  # pylint: disable=broad-except
         if step in evaluator.steps():
-          raise
-        logging.warning("Checkpoint %d was deleted (max_to_keep) before it could be evaluated; skipped.", step)
+          if not isinstance(e, checkpointing.DamagedCheckpointError):
+            raise
+          logging.warning("%s. Skipped (left in place, not recorded in the ledger); the others go on.", e)
+          damaged.add(step)
+        else:
+          logging.warning("Checkpoint %d was deleted (max_to_keep) before it could be evaluated; skipped.", step)
   finally:
     evaluator.close()
   if not seen:
@@ -317,7 +365,8 @@ def _check_flags() -> None:
     return [f"--{n}" for n in names if flags.FLAGS[n].present]
 
   if _PREDICTIONS.value:
-    conflicts = given("config", "workdir", "step", "all", "watch", "splits", "save_predictions", "weights")
+    conflicts = given("config", "workdir", "step", "all", "watch", "splits", "save_predictions", "weights",
+                      "output_dir")
     if conflicts:
       raise app.UsageError(f"--predictions scores a file without a model; drop {', '.join(conflicts)}.")
     return
@@ -359,17 +408,23 @@ def _run() -> None:
     config.dataset.eval_splits = tuple(_SPLITS.value)
   if _PROTOCOL.value:
     config.eval.protocol = _PROTOCOL.value
+  config = resolve.resolve(config)  # every value checked, splits exist, epochs -> steps (the --watch target)
+  output = _OUTPUT_DIR.value
   if _WEIGHTS.value:
-    _print_results(evaluate_weights(config, _WORKDIR.value, _WEIGHTS.value, save_predictions=_SAVE_PREDICTIONS.value))
+    _print_results(evaluate_weights(config, _WORKDIR.value, _WEIGHTS.value, save_predictions=_SAVE_PREDICTIONS.value,
+                                    output=output))
     return
   if _ALL.value:
     evaluated = evaluate_checkpoints(config, _WORKDIR.value, watch=_WATCH.value, poll_seconds=_POLL_SECONDS.value,
-                                     watch_timeout=_WATCH_TIMEOUT.value, save_predictions=_SAVE_PREDICTIONS.value)
+                                     watch_timeout=_WATCH_TIMEOUT.value, save_predictions=_SAVE_PREDICTIONS.value,
+                                     output=output)
     for _, results in sorted(evaluated.items()):
       _print_results(results)
-    print(f"\nEvaluated {len(evaluated)} checkpoint(s) {sorted(evaluated)}; ledger: {ledger_path(_WORKDIR.value)}")
+    print(f"\nEvaluated {len(evaluated)} checkpoint(s) {sorted(evaluated)}; ledger: "
+          f"{ledger_path(_WORKDIR.value, output)}")
     return
-  _print_results(evaluate(config, _WORKDIR.value, _STEP.value, save_predictions=_SAVE_PREDICTIONS.value))
+  _print_results(evaluate(config, _WORKDIR.value, _STEP.value, save_predictions=_SAVE_PREDICTIONS.value,
+                          output=output))
 
 
 def main(argv):
@@ -381,7 +436,8 @@ def main(argv):
     _run()
   except predictions.PredictionsError as e:
     _fail(e, 2)
-  except (FileNotFoundError, input_pipeline.DataError) as e:
+  except (FileNotFoundError, input_pipeline.DataError, resolve.ConfigError, writers.OutputNotWritableError,
+          checkpointing.CheckpointMismatchError, checkpointing.DamagedCheckpointError) as e:
     _fail(e, 1)
   except ValueError as e:
     if not _WEIGHTS.value:
@@ -390,4 +446,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

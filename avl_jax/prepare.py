@@ -16,6 +16,7 @@ from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from avl_jax import cli  # noqa: E402
 from avl_jax import datasets  # noqa: E402  (registers the builders)
 from avl_jax import logs  # noqa: E402
 
@@ -47,4 +48,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

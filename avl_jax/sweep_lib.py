@@ -16,6 +16,7 @@ import os
 from absl import logging
 
 from avl_jax import config_lib
+from avl_jax import resolve
 from avl_jax import train
 
 # (setting, column title, metric key) of the T-VSL supplementary's Table 7.
@@ -73,6 +74,16 @@ def run(config_path: str, args: str, workdir: str, *, init_from: str | None = No
   unknown = set(only) - {name for name, _ in cells}
   if unknown:
     raise ValueError(f"--only names {sorted(unknown)} are not cells of {config_path}: {[n for n, _ in cells]}.")
+  configs = {}
+  for name, arg in cells:  # every selected cell checked before the first one trains
+    if not dry_run and (not only or name in only):
+      config = module.get_config(arg)
+      if init_from:
+        config.init_from = init_from
+      try:
+        configs[name] = resolve.resolve(config)
+      except (ValueError, FileNotFoundError) as e:
+        raise type(e)(f"Sweep cell {name} ({config_path}:{arg}): {e}") from e
   results = {}
   for name, arg in cells:
     cell_dir = os.path.join(workdir, name)
@@ -82,12 +93,9 @@ def run(config_path: str, args: str, workdir: str, *, init_from: str | None = No
     if dry_run:
       print(f"{name}: {command}")
       continue
-    if not only or name in only:
-      config = module.get_config(arg)
-      if init_from:
-        config.init_from = init_from
+    if name in configs:
       logging.info("Sweep cell %s: %s", name, command)
-      train.train_and_evaluate(config, cell_dir)
+      train.train_and_evaluate(configs[name], cell_dir)
     results[name] = final_results(cell_dir)
   if dry_run:
     return ""

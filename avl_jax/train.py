@@ -7,7 +7,6 @@ import contextlib
 import dataclasses
 import functools
 import json
-import math
 import os
 import signal
 import threading
@@ -33,7 +32,9 @@ from avl_jax import families
 from avl_jax import input_pipeline
 from avl_jax import optimizers
 from avl_jax import param_rules
+from avl_jax import resolve
 from avl_jax import sharding
+from avl_jax.evaluation import writers
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -214,27 +215,12 @@ class StopRequest:
     return self.requested
 
 
-def resolve_num_train_steps(config: ml_collections.ConfigDict) -> int:
-  """config.num_train_steps, or ceil(num_epochs * |train split| / batch_size) when config.num_epochs is set."""
-  if not config.get("num_epochs"):
-    return config.num_train_steps
-  ds = config.dataset
-  num_examples = len(input_pipeline.open_source(ds.name, ds.train_split, ds.data_dir, per_process=False))
-  steps = max(1, math.ceil(config.num_epochs * num_examples / config.batch_size))
-  logging.info("num_epochs=%g over %d %s examples at batch %d: %d steps.", config.num_epochs, num_examples,
-               ds.train_split, config.batch_size, steps)
-  return steps
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains `config` in `workdir` (resuming if it has checkpoints), evaluates at the end; returns eval results."""
-  config = ml_collections.ConfigDict(config.to_dict())  # A private copy: resolved fields are written into it.
-  config.num_train_steps = resolve_num_train_steps(config)
+  config = resolve.resolve(config)  # every value checked, epochs -> steps (a private copy)
   os.makedirs(workdir, exist_ok=True)
-  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2))
+    writers.remove_stale_temp_files(eval_lib.output_dir(workdir))  # left by a run killed mid-write
 
   # Mesh.
   mesh = sharding.create_mesh(config.mesh)
@@ -253,9 +239,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   # Restore or initialise.
   manager = checkpointing.create_manager(workdir, save_interval_steps=config.checkpoint_every_steps,
                                          max_to_keep=config.keep_checkpoints)
-  latest = manager.latest_step()
+  try:
+    state, latest = checkpointing.restore_latest(manager, setup.abstract_state, train_iter, move_damaged=True,
+                                                 config_diff=config_diff(workdir, config))
+  except BaseException:
+    train_iter.close()  # a refused workdir leaves no grain worker processes behind
+    raise
   if latest is not None:
-    state = checkpointing.restore(manager, latest, setup.abstract_state, train_iter)
     logging.info("Resumed from step %d in %s.", latest, workdir)
   else:
     state = setup.init_fn(jax.random.PRNGKey(param_seed))
@@ -264,6 +254,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       state = apply_init_from(state, config.init_from, mesh)
   consts = make_consts(setup, state.params, mesh)
   start_step = int(state.step)
+  write_config(workdir, config, start_step)  # only now: a refused restore leaves the workdir's record as it was
+  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
   num_params = param_rules.count(state.params)
   overview = ""
   if jax.process_index() == 0:  # every parameter's shape, size and statistics, in a file (not the log)
@@ -330,6 +322,64 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                                     consts=consts)
   writer.flush()
   return results
+
+
+CONFIG_FILE = "config.json"
+
+
+def _config_json(config: ml_collections.ConfigDict) -> str:
+  return config.to_json_best_effort(indent=2, sort_keys=True)
+
+
+def write_config(workdir: str, config: ml_collections.ConfigDict, start_step: int) -> None:
+  """Writes `{workdir}/config.json` atomically (process 0); a changed config keeps the old one beside it.
+
+  When the workdir's config.json differs from `config`, it is renamed to `config-before-{start_step}.json`
+  (the config the steps before `start_step` were trained with) first, so every run's config is kept.
+  """
+  if jax.process_index() != 0:
+    return
+  path = os.path.join(workdir, CONFIG_FILE)
+  text = _config_json(config)
+  if os.path.exists(path):
+    with open(path) as f:
+      old = f.read()
+    if _flat_json(old) == _flat_json(text):
+      return
+    previous = os.path.join(workdir, f"config-before-{start_step}.json")
+    os.replace(path, previous)
+    logging.warning("The config differs from the one this workdir was trained with; the old one is kept as %s.",
+                    previous)
+  tmp = f"{path}.tmp-{os.getpid()}"
+  with open(tmp, "w") as f:
+    f.write(text)
+  os.replace(tmp, path)
+
+
+def _flat_json(text: str) -> dict[str, Any]:
+  def flat(value, prefix=""):
+    if isinstance(value, dict):
+      return {k: v for key, sub in value.items() for k, v in flat(sub, f"{prefix}{key}.").items()}
+    return {prefix[:-1]: value}
+  try:
+    return flat(json.loads(text))
+  except json.JSONDecodeError:
+    return {"<unreadable config.json>": text[:80]}
+
+
+def config_diff(workdir: str, config: ml_collections.ConfigDict, limit: int = 12) -> str:
+  """Lines '  field: saved -> now' for the fields where `{workdir}/config.json` differs from `config` ('' if none)."""
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.exists(path):
+    return ""
+  with open(path) as f:
+    saved = _flat_json(f.read())
+  now = _flat_json(_config_json(config))
+  keys = sorted(k for k in set(saved) | set(now) if saved.get(k, "<absent>") != now.get(k, "<absent>"))
+  lines = [f"  {k}: {saved.get(k, '<absent>')!r} -> {now.get(k, '<absent>')!r}" for k in keys[:limit]]
+  if len(keys) > limit:
+    lines.append(f"  ... and {len(keys) - limit} more")
+  return "\n".join(lines)
 
 
 def flatten_config(config: ml_collections.ConfigDict, prefix: str = "") -> dict[str, Any]:

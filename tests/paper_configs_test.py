@@ -8,6 +8,7 @@ import pytest
 
 from avl_jax import config_lib
 from avl_jax import input_pipeline
+from avl_jax import resolve
 from avl_jax import train
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -48,9 +49,9 @@ def test_num_epochs_sets_the_step_count(tiny_config):
   config = tiny_config
   config.num_epochs = 2.5
   source = input_pipeline.open_source(config.dataset.name, "train", config.dataset.data_dir, per_process=False)
-  assert train.resolve_num_train_steps(config) == math.ceil(2.5 * len(source) / config.batch_size)
+  assert resolve.num_train_steps(config) == math.ceil(2.5 * len(source) / config.batch_size)
   config.num_epochs = None
-  assert train.resolve_num_train_steps(config) == config.num_train_steps
+  assert resolve.num_train_steps(config) == config.num_train_steps
 
 
 @pytest.mark.parametrize("name", SETTINGS)

@@ -19,19 +19,69 @@ from avl_jax.metrics import postprocess
 # Each baseline adds `{method}_ciou` and `{method}_ap`.
 CSV_COLUMNS = ("id", "source", "class", "nbox", "area", "ciou", "ap", "piap_official", "conf")
 
+TMP_PREFIX = ".tmp-"  # atomic_write's temporary names: .tmp-{pid}-{name}
+
 
 def atomic_write(path: str, write: collections.abc.Callable[[str], None]) -> None:
   """write(tmp) then rename over `path` (same directory, same extension, so format-by-name writers work)."""
   directory, name = os.path.split(path)
   if directory:
     os.makedirs(directory, exist_ok=True)
-  tmp = os.path.join(directory, f".tmp-{os.getpid()}-{name}")
+  tmp = os.path.join(directory, f"{TMP_PREFIX}{os.getpid()}-{name}")
   try:
     write(tmp)
     os.replace(tmp, path)
   finally:
     if os.path.exists(tmp):
       os.remove(tmp)
+
+
+class OutputNotWritableError(PermissionError):
+  """The results directory cannot be written (read-only file system, permissions)."""
+
+
+def check_writable(directory: str, hint: str = "") -> None:
+  """Creates `directory` and writes/removes a probe file in it; OutputNotWritableError (with `hint`) if not."""
+  probe = os.path.join(directory, f"{TMP_PREFIX}{os.getpid()}-write-probe")
+  try:
+    os.makedirs(directory, exist_ok=True)
+    with open(probe, "w") as f:
+      f.write("")
+    os.remove(probe)
+  except OSError as e:
+    raise OutputNotWritableError(f"{directory} is not writable ({e.strerror or e}).{hint}") from e
+
+
+def _pid_alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:  # another user's live process
+    return True
+  return True
+
+
+def remove_stale_temp_files(directory: str) -> list[str]:
+  """Removes `atomic_write` temporaries left in `directory` by killed processes (their pid no longer runs).
+
+  Temporaries of live processes (a concurrent evaluation) are kept. Returns the removed paths.
+  """
+  removed = []
+  if not os.path.isdir(directory):
+    return removed
+  for name in sorted(os.listdir(directory)):
+    if not name.startswith(TMP_PREFIX):
+      continue
+    pid = name[len(TMP_PREFIX):].split("-", 1)[0]
+    if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+      path = os.path.join(directory, name)
+      try:
+        os.remove(path)
+        removed.append(path)
+      except OSError:
+        pass
+  return removed
 
 
 def write_json(path: str, value: Any) -> None:

@@ -1,0 +1,95 @@
+"""Command-line parsing shared by the binaries: config mistakes become one clear line, not a traceback.
+
+`app.run(main, flags_parser=cli.parse_flags)` parses absl flags as usual. When the `--config` file cannot be
+loaded or an override `--config.a.b=value` names a field the config does not have, it prints
+
+  error: --config.optimizer.lerning_rate=1: config.optimizer has no field 'lerning_rate'. Did you mean
+  'learning_rate'? Fields of config.optimizer: b1, b2, ...
+
+(close matches at that level, and for a top-level typo also nested fields of that name) and exits with code 1.
+"""
+import difflib
+import sys
+
+from absl import flags
+import ml_collections
+
+from avl_jax import config_lib
+
+USAGE_ERROR = 1  # as absl usage errors and the binaries' other bad-flag errors
+
+
+def _config_flag(argv: list[str], name: str = "config") -> str | None:
+  """The value of --config (either `--config=X` or `--config X`)."""
+  for i, arg in enumerate(argv):
+    if arg.startswith(f"--{name}="):
+      return arg.split("=", 1)[1]
+    if arg == f"--{name}" and i + 1 < len(argv):
+      return argv[i + 1]
+  return None
+
+
+def _leaf_paths(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
+  paths = []
+  for key, value in config.items():
+    if isinstance(value, ml_collections.ConfigDict):
+      paths.extend(_leaf_paths(value, f"{prefix}{key}."))
+    else:
+      paths.append(f"{prefix}{key}")
+  return paths
+
+
+def unknown_field_message(config: ml_collections.ConfigDict, override: str) -> str | None:
+  """Why `override` ('a.b.c') names no field of `config`, with close matches; None if it names one."""
+  parts = override.split(".")
+  node, walked = config, []
+  for part in parts:
+    if not isinstance(node, ml_collections.ConfigDict):
+      return (f"config.{'.'.join(walked)} is a value ({type(node).__name__}), not a group: it has no field "
+              f"{part!r}.")
+    if part not in node:
+      level = "the config" if not walked else f"config.{'.'.join(walked)}"
+      keys = sorted(node.keys())
+      close = difflib.get_close_matches(part, keys, n=3, cutoff=0.6)
+      if not walked:  # a nested field given at the top level: --config.learning_rate for optimizer.learning_rate
+        nested = [p for p in _leaf_paths(config) if "." in p]
+        close += [p for p in nested if difflib.get_close_matches(part, [p.rsplit(".", 1)[1]], cutoff=0.8)][:3]
+      hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+      return f"{level} has no field {part!r}.{hint} Fields of {level}: {', '.join(keys)}."
+    node, walked = node[part], walked + [part]
+  return None
+
+
+def explain_config_error(argv: list[str], error: Exception) -> str | None:
+  """A one-paragraph message for a failure while loading/overriding the config; None if it is not one."""
+  spec = _config_flag(argv)
+  if spec is None:
+    return None
+  path, _, arg = spec.partition(":")
+  try:
+    config = config_lib.load_config(path, arg)
+  except (ValueError, FileNotFoundError, TypeError) as e:
+    return f"--config={spec}: {e}"
+  for item in argv:
+    if item.startswith("--config."):
+      name, _, _ = item[len("--config."):].partition("=")
+      message = unknown_field_message(config, name)
+      if message:
+        return f"{item}: {message}"
+  return f"--config={spec}: {type(error).__name__}: {error}" if isinstance(error, (ValueError, TypeError)) else None
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing (usage errors as usual); config-file and config-override mistakes exit 2 with a message."""
+  try:
+    return flags.FLAGS(argv)
+  except Exception as e:  # pylint: disable=broad-except
+    message = explain_config_error(argv, e)
+    if message is not None:
+      print(f"error: {message}", file=sys.stderr)
+      sys.exit(USAGE_ERROR)
+    if isinstance(e, flags.Error):  # absl's own usage errors, as app.parse_flags_with_usage reports them
+      print(f"FATAL Flags parsing error: {e}\nPass --helpshort or --helpfull to see help on flags.",
+            file=sys.stderr)
+      sys.exit(1)
+    raise

@@ -88,6 +88,36 @@ def test_short_audio_policies_are_recorded(policy, fill):
   np.testing.assert_array_equal(window[8000:], 16384 if policy == "tile" else 0)
 
 
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_nonfinite_float_wav_is_skipped_not_zeroed_or_clipped(tmp_path, bad):
+  """NaN used to be stored as 0 and +-inf as a full-scale spike (only counted as `clipped`)."""
+  path = str(tmp_path / "f.wav")
+  samples = np.full((1000, 2), 0.25, np.float32)
+  samples[10:13, 0] = bad
+  fake_raw.write_float_wav(path, samples, rate=16000)
+  with pytest.raises(raw.SkipError, match="3 of 2000 sample values are not finite") as e:
+    raw.read_wav(path)
+  assert e.value.reason == "nonfinite_audio" and e.value.file == path
+  assert ("3 NaN, 0 infinite" if np.isnan(bad) else "0 NaN, 3 infinite") in e.value.detail
+  samples[10:13, 0] = 0.5  # the same file, finite, reads fine
+  fake_raw.write_float_wav(path, samples, rate=16000)
+  assert raw.read_wav(path)[0].shape == (1000,)
+  with pytest.raises(raw.SkipError, match="nonfinite_audio"):  # any other source of a waveform
+    raw.window_audio(np.array([0.0, np.nan] * 8000, np.float32), 16000, OPTIONS, "x.wav")
+
+
+def test_nonfinite_mp4_audio_track_is_skipped(tmp_path):
+  path = str(tmp_path / "v.mp4")
+  audio = np.full((8000, 1), 0.1, np.float32)
+  audio[100:104] = np.nan
+  audio[200] = np.inf
+  fake_raw.write_mp4(path, [np.zeros((48, 64, 3), np.uint8)] * 10, audio, rate=8000, audio_codec="pcm_f32le")
+  for decode in (lambda: raw.decode_video(path), lambda: raw.decode_video_audio(path)):
+    with pytest.raises(raw.SkipError, match=r"5 of 8000 sample values are not finite \(4 NaN, 1 infinite\)") as e:
+      decode()
+    assert e.value.reason == "nonfinite_audio" and e.value.file == path
+
+
 def test_tiny_audio_is_too_short_whatever_the_policy():
   with pytest.raises(raw.SkipError, match="audio_too_short"):
     raw.window_audio(np.zeros(10, np.float32), 16000, raw.DecodeOptions(short_audio="tile"), "x.wav")
@@ -109,6 +139,40 @@ def test_truncated_jpeg_is_unreadable(tmp_path):
 def test_resize_short_side_records_sizes():
   pixels, record = raw.resize_short_side(np.zeros((48, 64, 3), np.uint8), 32)
   assert pixels.shape == (32, 43, 3) and record == {"size": [48, 64], "stored_size": [32, 43]}
+
+
+def test_extreme_aspect_ratio_is_skipped_before_resizing(tmp_path):
+  """A 3000 x 1 px frame at short side 256 would be 768,000 px wide: PIL's JPEG encoder fails ('broken data
+  stream') on sides beyond 65,500 px, which used to crash the whole build."""
+  path = str(tmp_path / "wide.jpg")
+  fake_raw.write_jpeg(path, np.full((1, 3000, 3), 100, np.uint8))
+  pixels = raw.read_image(path)
+  with pytest.raises(raw.SkipError, match=r"1 x 3000 px \(H x W\) would be stored as 256 x 768000 px") as e:
+    raw.resize_short_side(pixels, 256, path)
+  assert e.value.reason == "extreme_aspect_ratio" and e.value.file == path
+  assert raw.resize_short_side(pixels, 1, path)[0].shape == (1, 3000, 3)  # within the limit: kept
+  with pytest.raises(raw.SkipError) as e:  # an encoder failure is a skip too
+    raw.encode_jpeg(np.zeros((1, raw.JPEG_MAX_SIDE + 1, 3), np.uint8), 95, path)
+  assert e.value.reason == "unencodable_image" and e.value.file == path and "1 x 65501 px" in e.value.detail
+
+
+def test_unexpected_error_while_building_an_example_is_a_build_error_skip(tmp_path, monkeypatch):
+  root = str(tmp_path)
+  fake_raw.write_clip(root, "a", "frames")
+  item = items.Item(key=3, example_id="a", clip=items.Clip.single("a"), source_class=(0,))
+  resolved = items.resolve(item, root, OPTIONS)
+  assert items.process(resolved, OPTIONS, 2)[1] is not None
+
+  def broken(path):
+    raise ZeroDivisionError("unforeseen")
+
+  monkeypatch.setattr(raw, "read_image", broken)
+  key, example, skipped = items.process(resolved, OPTIONS, 2)
+  assert (key, example) == (3, None)
+  assert (skipped.key, skipped.example_id, skipped.reason) == (3, "a", "build_error")
+  assert skipped.file == resolved.files.frame
+  assert skipped.detail.startswith("ZeroDivisionError: unforeseen (at datasets_raw_test.py:")
+  assert skipped.detail.endswith("in broken)")
 
 
 def test_decode_video_middle_frame_index_and_audio(tmp_path):
@@ -240,9 +304,45 @@ def test_music_xywh_boxes_become_xyxy():
   boxes, clipped = items.normalized_xyxy(np.array([[0.25, 0.25, 0.5, 0.5]]), "xywh")
   np.testing.assert_allclose(boxes, [[0.25, 0.25, 0.75, 0.75]])
   assert not clipped
+  # An out-of-range coordinate is clipped; inverted by it (official VGG-SS: y2 = -2.9e16), the box becomes empty.
   boxes, clipped = items.normalized_xyxy(np.array([[0.1, 0.2, 1.3, -2.9e16]]), "xyxy")
-  np.testing.assert_allclose(boxes, [[0.1, 0.2, 1.0, 0.0]])
+  np.testing.assert_allclose(boxes, [[0.1, 0.2, 1.0, 0.2]])
   assert clipped
+
+
+def _box_item(boxes, box_format="xyxy"):
+  return items.Item(key=0, example_id="e", clip=items.Clip.single("e"), source_class=(0,), boxes=tuple(boxes),
+                    box_source=(0,) * len(boxes), box_format=box_format)
+
+
+@pytest.mark.parametrize("box,box_format,message", [
+    ([0.6, 0.2, 0.3, 0.5], "xyxy", r"inverted box 1 \(source 0\) \[0.6, 0.2, 0.3, 0.5\] \(xyxy\): x2 < x1 on the x"),
+    ([0.1, 0.7, 0.3, 0.5], "xyxy", "y2 < y1 on the y axis"),
+    ([0.5, 0.5, -0.2, 0.1], "xywh", "negative width/height on the x axis"),
+    ([0.5, 0.5, 0.2, -0.1], "xywh", "negative width/height on the y axis"),
+])
+def test_inverted_boxes_are_malformed(box, box_format, message):
+  good = [0.1, 0.1, 0.2, 0.2]
+  with pytest.raises(raw.SkipError, match=message) as e:
+    items.check_boxes(_box_item([good, box], box_format), "boxes.json", 16)
+  assert e.value.reason == "malformed_box" and e.value.file == "boxes.json"
+
+
+@pytest.mark.parametrize("box", [[0.3, 0.2, 0.3, 0.5], [0.26875, 1.0, 0.753125, 1.0],  # zero area (official)
+                                 [0.534375, 0.3375, -2.8823037615171176e16, 0.909375],   # official corrupt x2
+                                 [0.1, 0.2, 1.3, 0.4]])
+def test_zero_area_and_out_of_range_boxes_are_kept(box):
+  items.check_boxes(_box_item([box]), "boxes.json", 16)
+  stored, _ = items.normalized_xyxy(np.array([box]), "xyxy")
+  assert np.all(stored[:, 2:] >= stored[:, :2])  # nothing inverted is stored
+
+
+def test_more_boxes_than_max_boxes_are_skipped():
+  boxes = [[0.1, 0.1, 0.2, 0.2]] * 17
+  items.check_boxes(_box_item(boxes[:16]), "boxes.json", builder_lib.MAX_BOXES)
+  with pytest.raises(raw.SkipError, match="17 boxes > max_boxes=16") as e:
+    items.check_boxes(_box_item(boxes), "boxes.json", builder_lib.MAX_BOXES)
+  assert e.value.reason == "too_many_boxes"
 
 
 @pytest.mark.parametrize("value", [[0.1, 0.2, 0.3], [0.1, 0.2, "x", 0.4], [0.1, float("nan"), 0.2, 0.3], None,
@@ -287,6 +387,54 @@ def test_malformed_ids_and_unknown_classes_are_skipped_and_reported(tmp_path):
   assert builder.info.splits["train"].num_examples == len(tree.expected["train"])
 
 
+def test_bad_examples_of_a_build_are_counted_skips_not_crashes(tmp_path, monkeypatch):
+  """A 3000 x 1 px frame, NaN audio, an inverted box, 17 boxes and an unforeseen exception: each is a skip row
+  with its id and reason; the good examples build, and the metadata records the largest box count."""
+  tree = fake_raw.make_tree("vggsound", "single", str(tmp_path / "raw"), "frames")
+  meta = pathlib.Path(tree.root) / "metadata"
+  entries = json.loads((meta / "vggss.json").read_text())
+  rows = (meta / "vggsound_single_test.csv").read_text().splitlines()
+  cls = fake_raw.VGGSOUND_CLASSES[0]
+  bad = {"wide_000001": "extreme_aspect_ratio", "nanaudio_000002": "nonfinite_audio",
+         "inverted_000003": "malformed_box", "manyboxes_000004": "too_many_boxes", "boom_000005": "build_error"}
+  for clip_id in bad:
+    fake_raw.write_clip(tree.root, clip_id, "frames")
+    boxes = [fake_raw.box_for(clip_id)]
+    if clip_id.startswith("inverted"):
+      boxes.append([0.6, 0.2, 0.3, 0.5])
+    elif clip_id.startswith("manyboxes"):
+      boxes *= 17
+    entries.append({"file": clip_id, "class": cls.replace("_", " "), "bbox": boxes})
+    rows.append(f"{clip_id},{cls}")
+  fake_raw.write_jpeg(str(pathlib.Path(tree.root) / "frames" / "wide_000001.jpg"), np.zeros((1, 3000, 3), np.uint8))
+  nan_audio = np.full((16000, 1), 0.1, np.float32)
+  nan_audio[5] = np.nan
+  fake_raw.write_float_wav(str(pathlib.Path(tree.root) / "audio" / "nanaudio_000002.wav"), nan_audio)
+  (meta / "vggss.json").write_text(json.dumps(entries))
+  (meta / "vggsound_single_test.csv").write_text("\n".join(rows) + "\n")
+  read_wav = raw.read_wav
+
+  def read_wav_or_fail(path):
+    if "boom" in path:
+      raise KeyError("surprise")
+    return read_wav(path)
+
+  monkeypatch.setattr(raw, "read_wav", read_wav_or_fail)  # num_workers=1: decoded in this process
+  builder = fake_raw.build("vggsound/single", tree.root, str(tmp_path / "tfds"),
+                           overrides={"splits": ("test",), "max_missing_fraction": 0.9})
+  report = builder_lib.read_report(os.path.join(builder.data_dir, "skipped_test.csv"))
+  reasons = {row["id"]: row["reason"] for row in report}
+  assert reasons == {**dict(tree.expected_skips["test"]), **bad}
+  details = {row["id"]: row["detail"] for row in report}
+  assert "inverted box 1" in details["inverted_000003"] and "17 boxes" in details["manyboxes_000004"]
+  assert details["boom_000005"].startswith("KeyError: 'surprise'")
+  assert builder.info.splits["test"].num_examples == len(tree.expected["test"])
+  summary = builder.info.metadata["skipped"]["test"]
+  assert summary["skipped"] == len(reasons) and summary["reasons"]["build_error"] == 1
+  # The largest box count of what was decoded (test clips of the fake tree hold 1-3 boxes; 17 was skipped).
+  assert builder.info.metadata["boxes"]["test"] == {"max_boxes": 3, "max_sources": 1, "empty_boxes": 0}
+
+
 def test_underscore_class_names():
   assert metadata.underscore_class("female speech, woman speaking") == "female_speech_woman_speaking"
   assert metadata.underscore_class("elk bugling") == "elk_bugling"
@@ -317,6 +465,10 @@ def test_bundled_metadata_parses_completely(tmp_path, name, split, count):
   parsed = builder._split_items(split, str(tmp_path))  # pylint: disable=protected-access
   assert len(parsed.items) == count and not parsed.skipped
   assert all(f.origin == "bundled" for f in parsed.files)
+  # No official example is dropped by the box checks (VGG-SS's 12 corrupt -2.9e16 boxes are clipped, kept).
+  check = builder_lib._check_boxes_all  # pylint: disable=protected-access
+  kept, rejected = check(parsed.items, "x", builder_lib.MAX_BOXES)
+  assert len(kept) == count and not rejected
 
 
 def test_bundled_metadata_content():

@@ -148,6 +148,10 @@ def _replace(path, **changes):
     ("nan_map", "official", r"maps\[2, 1, 3, 4\] is nan"),
     ("inf_box", "official", r"boxes\[3, 0, 0, 2\] is inf"),
     ("box_outside", "standard", r"boxes\[2, 1, 1\] = \[0.0, 0.0, 1.25, 0.3\] has coordinates outside \[0, 1\]"),
+    ("inverted_box", "official",
+     r"boxes\[1, 0, 0\] = \[0.5, 0.2, 0.1, 0.6\] is inverted \(x2 < x1; box_format 'xyxy'\)"),
+    ("inverted_box", "standard", r"boxes\[1, 0, 0\] = \[0.5, 0.2, 0.1, 0.6\] is inverted"),
+    ("inverted_xywh", "official", r"boxes\[0, 1, 1\] = \[0.0, 0.5, 0.3, -0.2\] is inverted \(negative width"),
     (dict(boxes=np.zeros((4, 3, 2, 4), np.float32)), "official",
      r"boxes has shape \[4, 3, 2, 4\]; expected \[N=4, S=2, NB, 4\]"),
     (dict(num_sources=np.array([2, 1, 3, 2])), "official", r"num_sources\[2\] = 3 is outside \[0, 2\]"),
@@ -171,6 +175,14 @@ def test_predictions_file_errors_name_the_array_and_index(tmp_path, changes, pro
     boxes = np.load(path)["boxes"]
     boxes[3, 0, 0, 2] = np.inf
     changes = dict(boxes=boxes)
+  elif changes in ("inverted_box", "inverted_xywh"):
+    boxes = np.load(path)["boxes"]
+    if changes == "inverted_box":
+      boxes[1, 0, 0] = [0.5, 0.2, 0.1, 0.6]
+      changes = dict(boxes=boxes)
+    else:
+      boxes[0, 1, 1] = [0.0, 0.5, 0.3, -0.2]
+      changes = dict(boxes=boxes, box_format=np.asarray("xywh"))
   elif changes == "box_outside":
     boxes = np.load(path)["boxes"]
     boxes[2, 1, 1, 2] = 1.25
@@ -181,6 +193,21 @@ def test_predictions_file_errors_name_the_array_and_index(tmp_path, changes, pro
   _replace(path, **changes)
   with pytest.raises(predictions.PredictionsError, match=message):
     predictions.load(path, protocol)
+
+
+def test_predictions_zero_area_padding_and_clipped_boxes_are_not_inverted(tmp_path):
+  """Only a box inverted inside the image is an error: zero-area boxes, -1 padding rows (also below num_boxes)
+  and, under 'official', a coordinate outside [0, 1] that clipping turns into an empty box are accepted."""
+  path = str(tmp_path / "p.npz")
+  _synthetic_file(path)
+  boxes = np.load(path)["boxes"]
+  boxes[0, 0, 1] = [0.3, 0.2, 0.3, 0.6]                      # zero width
+  boxes[1, 0, 1] = [0.534375, 0.3375, -2.88e16, 0.909375]   # official VGG-SS corrupt x2: clipped, empty
+  num_boxes = np.array([[2, 2], [2, 0], [1, 3], [1, 2]])    # example 2 slot 1 counts its -1 padding row
+  _replace(path, boxes=boxes, num_boxes=num_boxes)
+  assert predictions.load(path, "official").nbox.tolist() == [2, 2, 2, 1, 3, 1, 2]
+  with pytest.raises(predictions.PredictionsError, match=r"boxes\[1, 0, 1\] .* outside \[0, 1\]"):
+    predictions.load(path, "standard")  # 'standard' rejects the out-of-range value itself
 
 
 def test_predictions_cli_exit_codes(tmp_path, capsys):

@@ -13,8 +13,15 @@ way for every dataset:
    examples. Records are sorted by the item key (the row of the metadata), so both write the same order.
 3. Report: every skipped example (id, file, reason, detail) goes to `skipped_{split}.csv` next to the
    prepared dataset ({data_dir}/{name}/{config}/{version}/), its counts to the log and to the dataset's
-   metadata (`skipped`). Decode failures count against `max_missing_fraction` too. A failed build leaves its
-   report at {data_dir}/{name}/{config}/skipped_{split}.failed.csv.
+   metadata (`skipped`). Decode failures count against `max_missing_fraction` too, and so does any unexpected
+   exception while building one example (reason `build_error`, detail = exception type, message and where it
+   was raised): one bad example never stops the build. A failed build leaves its report at
+   {data_dir}/{name}/{config}/skipped_{split}.failed.csv.
+4. Boxes: before anything is decoded, examples with an inverted box (`malformed_box`) or more than the
+   config's `max_boxes` boxes (`too_many_boxes`, which the eval pipeline would reject) are skipped
+   (items.check_boxes); the dataset's metadata records, per split, the largest box and source counts of the
+   examples sent to decoding and how many of their boxes are empty after clipping (`boxes`: {split:
+   {'max_boxes', 'max_sources', 'empty_boxes'}}), to compare with config.dataset.max_boxes / max_sources.
 
 Config fields can be overridden without defining a new config:
 `tfds.builder("music/solo", data_dir=..., config_overrides={"frame_short_side": 128})`.
@@ -31,6 +38,7 @@ from typing import Any, Iterator, Sequence
 
 from absl import logging
 from etils import epath
+import numpy as np
 import tensorflow_datasets as tfds
 
 from avl_jax.datasets import items as items_lib
@@ -46,6 +54,10 @@ ARRAY_RECORD_OPTIONS = "group_size:1,uncompressed"
 # Fields of a config that decide the stored features (and hence its name); they cannot be overridden.
 _FIXED_FIELDS = ("name", "num_classes", "version")
 _PROGRESS_SECONDS = 30.0
+# Default of RawConfig.max_boxes: config.dataset.max_boxes of the training/eval configs (config_lib, 16), the
+# padding of the eval pipeline, which rejects an example with more boxes. The official test sets need at most 11
+# (VGG-SS duet pairs; tests/paper_configs_test.py).
+MAX_BOXES = 16
 
 
 class _UncompressedArrayRecordWriter(tfds.core.writer.ExampleWriter):
@@ -96,6 +108,8 @@ class RawConfig(tfds.core.BuilderConfig):
     video_fps: MUSIC mp4s: frames per second that map a frame id to a time (0: the mp4's own rate).
     max_missing_fraction: a split fails to build when more than this fraction of its listed examples is
       skipped (missing or unreadable).
+    max_boxes: examples with more boxes are skipped (`too_many_boxes`); keep it <= config.dataset.max_boxes
+      of the configs that evaluate the dataset (default MAX_BOXES = 16, the configs' default).
     num_workers: local decode processes (0: every core; 1: in the calling process).
     splits: the splits to build.
   """
@@ -110,6 +124,7 @@ class RawConfig(tfds.core.BuilderConfig):
   layout: str = "auto"
   video_fps: float = 0.0
   max_missing_fraction: float = 0.5
+  max_boxes: int = MAX_BOXES
   num_workers: int = 0
   splits: tuple[str, ...] = ("train", "test")
 
@@ -133,6 +148,8 @@ class RawConfig(tfds.core.BuilderConfig):
       raise ValueError(f"max_missing_fraction must be in [0, 1], got {self.max_missing_fraction}")
     if not 0.0 <= self.frame_position <= 1.0:
       raise ValueError(f"frame_position must be in [0, 1], got {self.frame_position}")
+    if self.max_boxes < 1:
+      raise ValueError(f"max_boxes must be >= 1 (config.dataset.max_boxes of the eval configs), got {self.max_boxes}")
 
 
 @dataclasses.dataclass
@@ -211,14 +228,17 @@ class RawAvBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     manual_dir = str(dl_manager.manual_dir)
     config = self.builder_config
     options = config.decode_options()
-    generators, provenance = {}, {}
+    generators, provenance, box_stats = {}, {}, {}
     for split in config.splits:
       parsed = self._split_items(split, manual_dir)
       items_lib.check_unique_keys(parsed.items)
       for file in parsed.files:
         provenance[file.name] = file.provenance()
-      resolved, skipped = _resolve_all(parsed.items, manual_dir, options)
-      state = _SplitState(listed=len(parsed.items) + len(parsed.skipped), skipped=parsed.skipped + skipped)
+      checked, rejected = _check_boxes_all(parsed.items, _boxes_file(parsed.files), config.max_boxes)
+      resolved, skipped = _resolve_all(checked, manual_dir, options)
+      box_stats[split] = _box_stats(resolved)
+      state = _SplitState(listed=len(parsed.items) + len(parsed.skipped),
+                          skipped=parsed.skipped + rejected + skipped)
       self._split_states[split] = state
       self._check_missing(split, state, manual_dir, final=False)
       logging.info("%s %s: %d listed, %d with files, %d skipped before decoding (%s).", self.info.full_name, split,
@@ -227,6 +247,7 @@ class RawAvBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     self.info.metadata["metadata_files"] = provenance
     self.info.metadata["manual_dir"] = manual_dir
     self.info.metadata["decode_options"] = dataclasses.asdict(options)
+    self.info.metadata["boxes"] = box_stats
     return generators
 
   def _generate_examples(self, split: str, resolved: Sequence[items_lib.Resolved]):
@@ -247,6 +268,9 @@ class RawAvBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     for key, example, skipped in _map_ordered(process, resolved, num_workers):
       if example is None:
         state.skipped.append(skipped)
+        if skipped.reason == "build_error":
+          logging.warning("%s %s: example %s skipped, unexpected error: %s", self.info.full_name, split,
+                          skipped.example_id, skipped.detail)
       else:
         state.num_decoded += 1
         yield key, example
@@ -303,6 +327,9 @@ class RawAvBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     elif top == "missing_frame":
       hint = ("Most listed frames lie past the end of their videos: for MUSIC, set video_fps to the rate the frame "
               "ids were extracted at (the official frames are numbered at the video's own rate).")
+    elif top in ("malformed_box", "too_many_boxes"):
+      hint = (f"Most listed examples have unusable boxes: check the annotation file (inverted boxes; more than "
+              f"max_boxes={self.builder_config.max_boxes} boxes per example).")
     else:
       hint = (f"Most listed files in manual_dir={manual_dir} exist but fail to decode: check them and the config "
               "(e.g. audio_seconds and short_audio for clips shorter than the window).")
@@ -347,6 +374,40 @@ def check_vocabulary(class_names: Sequence[str], rows: Sequence[Sequence[str]], 
 # ------------------------------------------------------------------------------------------------------------------
 
 
+def _boxes_file(files: Sequence[metadata.MetadataFile]) -> str:
+  """The metadata file that holds a split's boxes (the annotation JSON), for the skip report's `file`."""
+  for file in files:
+    if file.name.endswith(".json"):
+      return file.path
+  return files[-1].path if files else ""
+
+
+def _check_boxes_all(items: Sequence[items_lib.Item], file: str,
+                     max_boxes: int) -> tuple[list[items_lib.Item], list[items_lib.Skipped]]:
+  """items_lib.check_boxes over a split: (items that pass, skip rows of the others)."""
+  kept, skipped = [], []
+  for item in items:
+    try:
+      items_lib.check_boxes(item, file, max_boxes)
+      kept.append(item)
+    except raw.SkipError as e:
+      skipped.append(items_lib.Skipped.from_error(item.key, item.example_id, e))
+  return kept, skipped
+
+
+def _box_stats(resolved: Sequence[items_lib.Resolved]) -> dict[str, int]:
+  """{'max_boxes', 'max_sources', 'empty_boxes'} of the examples sent to decoding (metadata `boxes`)."""
+  stats = {"max_boxes": 0, "max_sources": 0, "empty_boxes": 0}
+  for r in resolved:
+    item = r.item
+    stats["max_boxes"] = max(stats["max_boxes"], len(item.boxes))
+    stats["max_sources"] = max(stats["max_sources"], len(item.source_class))
+    if item.boxes:
+      boxes, _ = items_lib.normalized_xyxy(np.asarray(item.boxes, np.float64), item.box_format)
+      stats["empty_boxes"] += int(np.count_nonzero((boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1])))
+  return stats
+
+
 def _resolve_all(items: Sequence[items_lib.Item], manual_dir: str,
                  options: raw.DecodeOptions) -> tuple[list[items_lib.Resolved], list[items_lib.Skipped]]:
   resolved, skipped = [], []
@@ -356,6 +417,8 @@ def _resolve_all(items: Sequence[items_lib.Item], manual_dir: str,
       resolved.append(items_lib.resolve(item, manual_dir, options, listing))
     except raw.SkipError as e:
       skipped.append(items_lib.Skipped.from_error(item.key, item.example_id, e))
+    except Exception as e:  # pylint: disable=broad-except  (a bug or unforeseen input: one row, not a crash)
+      skipped.append(items_lib.Skipped.from_exception(item.key, item.example_id, item.clip.frame_name, e))
   return resolved, skipped
 
 

@@ -103,10 +103,18 @@ def write_wav(path: str, samples: np.ndarray, rate: int = AUDIO_RATE) -> None:
     writer.writeframes(np.round(samples * 32767).astype("<i2").tobytes())
 
 
+def write_float_wav(path: str, samples: np.ndarray, rate: int = AUDIO_RATE) -> None:
+  """samples [N, C] float32 -> IEEE-float wav, values as given (NaN and inf included: tests of bad audio)."""
+  from scipy.io import wavfile  # pylint: disable=g-import-not-at-top
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  wavfile.write(path, rate, np.asarray(samples, np.float32))
+
+
 def write_mp4(path: str, frames: list[np.ndarray], audio: np.ndarray | None, fps: int = VIDEO_FPS,
-              rate: int = AUDIO_RATE, faststart: bool = False) -> None:
-  """H.264 video (+ mono AAC audio when `audio` [N, 1] is given) with PyAV; faststart puts the index (moov)
-  before the media, as most downloaded mp4s have it."""
+              rate: int = AUDIO_RATE, faststart: bool = False, audio_codec: str = "aac") -> None:
+  """H.264 video (+ mono audio when `audio` [N, 1] is given: AAC, or `audio_codec`='pcm_f32le', whose float
+  samples are stored as given, NaN included) with PyAV; faststart puts the index (moov) before the media, as
+  most downloaded mp4s have it."""
   os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
   with av.open(path, "w", format="mp4", options={"movflags": "faststart"} if faststart else {}) as container:
     video = container.add_stream("libx264", rate=fps)
@@ -115,7 +123,7 @@ def write_mp4(path: str, frames: list[np.ndarray], audio: np.ndarray | None, fps
     video.options = {"preset": "ultrafast", "crf": "10"}
     stream = None
     if audio is not None:
-      stream = container.add_stream("aac", rate=rate)
+      stream = container.add_stream(audio_codec, rate=rate)
       stream.layout = "mono"
     for pixels in frames:
       for packet in video.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")):
@@ -125,7 +133,8 @@ def write_mp4(path: str, frames: list[np.ndarray], audio: np.ndarray | None, fps
     if stream is not None:
       chunk = 1024
       for start in range(0, len(audio), chunk):
-        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(audio[start:start + chunk, :1].T), format="fltp",
+        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(audio[start:start + chunk, :1].T),
+                                           format="flt" if audio_codec.startswith("pcm_f") else "fltp",
                                            layout="mono")
         frame.sample_rate = rate
         frame.pts = start

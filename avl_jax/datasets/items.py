@@ -16,6 +16,8 @@ import dataclasses
 import io
 import json
 import math
+import os
+import traceback
 from typing import Any, Sequence
 
 import numpy as np
@@ -99,6 +101,20 @@ class Skipped:
   def from_error(cls, key: int, example_id: str, error: raw.SkipError) -> "Skipped":
     return cls(key, example_id, error.file, error.reason, error.detail)
 
+  @classmethod
+  def from_exception(cls, key: int, example_id: str, file: str, error: Exception) -> "Skipped":
+    """An unexpected exception while building one example: a `build_error` row, not a crash of the build."""
+    return cls(key, example_id, file, "build_error", describe_exception(error))
+
+
+def describe_exception(error: Exception) -> str:
+  """'Type: message (at file.py:line in function)', the location being where it was raised."""
+  text = f"{type(error).__name__}: {error}"
+  frames = traceback.extract_tb(error.__traceback__)
+  if frames:
+    text += f" (at {os.path.basename(frames[-1].filename)}:{frames[-1].lineno} in {frames[-1].name})"
+  return text
+
 
 def check_box(values: Any, file: str, field: str = "") -> tuple[float, float, float, float]:
   """A metadata box: exactly 4 finite numbers (out-of-range values are kept: the `official` GT clips them).
@@ -118,16 +134,55 @@ def check_box(values: Any, file: str, field: str = "") -> tuple[float, float, fl
   return box
 
 
-def normalized_xyxy(boxes: np.ndarray, box_format: str) -> tuple[np.ndarray, bool]:
-  """Raw official boxes [NB, 4] -> normalised xyxy clipped to [0, 1], and whether any value was clipped.
-
-  MUSIC's [x, y, w, h] become [x, y, x + w, y + h] (docs/metrics.md §2, standard column).
-  """
+def _xyxy(boxes: np.ndarray, box_format: str) -> np.ndarray:
+  """[NB, 4] raw boxes -> [NB, 4] float64 xyxy (MUSIC's [x, y, w, h] become [x, y, x + w, y + h])."""
   boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
   if box_format == "xywh":
     boxes = np.concatenate([boxes[:, :2], boxes[:, :2] + boxes[:, 2:]], axis=1)
+  return boxes
+
+
+def normalized_xyxy(boxes: np.ndarray, box_format: str) -> tuple[np.ndarray, bool]:
+  """Raw official boxes [NB, 4] -> normalised xyxy clipped to [0, 1], and whether any value was changed.
+
+  MUSIC's [x, y, w, h] become [x, y, x + w, y + h] (docs/metrics.md §2, standard column). A box that is inverted
+  after clipping (a coordinate far outside the image, like the official VGG-SS x2 = -2.9e16, which `check_boxes`
+  keeps) becomes an empty box, x2 = x1 / y2 = y1: its GT is empty either way, and no stored box is inverted.
+  """
+  boxes = _xyxy(boxes, box_format)
   clipped = np.clip(boxes, 0.0, 1.0)
+  clipped[:, 2:] = np.maximum(clipped[:, 2:], clipped[:, :2])
   return clipped, bool(np.any(clipped != boxes))
+
+
+def check_boxes(item: Item, file: str, max_boxes: int) -> None:
+  """Build-time checks of an item's boxes (`resolve` runs after them; `file`: the metadata file holding them).
+
+  A box is inverted when its corners are swapped inside the image: x2 < x1 with x1 and x2 both in [0, 1]
+  (MUSIC xywh: w < 0 with x and x + w in [0, 1]), or the same for y; its GT would be silently empty. Zero-area
+  boxes (x2 = x1) are kept (the official VGG-SS file has 6), and so are inverted boxes with a coordinate outside
+  [0, 1]: like any out-of-range value, the official GT clips it (VGG-SS has 12 boxes with x2 or y2 = -2.9e16,
+  docs/datasets.md §4), `normalized_xyxy` stores them as empty boxes and the example records `boxes_clipped`.
+
+  Raises:
+    SkipError(malformed_box): an inverted box; the detail names its index, source and values.
+    SkipError(too_many_boxes): more than `max_boxes` boxes (the eval pipeline pads to config.dataset.max_boxes).
+  """
+  if not item.boxes:
+    return
+  xyxy = _xyxy(np.asarray(item.boxes, np.float64), item.box_format)
+  inside = (xyxy >= 0.0) & (xyxy <= 1.0)
+  swapped = ((xyxy[:, 2:] < xyxy[:, :2]) & inside[:, :2] & inside[:, 2:])  # [NB, 2]: x axis, y axis
+  for b in np.flatnonzero(swapped.any(axis=1)):
+    axes = " and ".join(name for name, bad in zip(("x", "y"), swapped[b]) if bad)
+    rule = ("negative width/height" if item.box_format == "xywh" else
+            " and ".join(f"{a}2 < {a}1" for a, bad in zip("xy", swapped[b]) if bad))
+    source = item.box_source[b] if b < len(item.box_source) else 0
+    raise raw.SkipError("malformed_box", file, f"inverted box {b} (source {source}) {list(item.boxes[b])} "
+                        f"({item.box_format}): {rule} on the {axes} axis; swap its corners in the metadata")
+  if len(item.boxes) > max_boxes:
+    raise raw.SkipError("too_many_boxes", file, f"{len(item.boxes)} boxes > max_boxes={max_boxes}; raise the "
+                        f"builder config's max_boxes and config.dataset.max_boxes together to keep the example")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -184,10 +239,11 @@ def _frame_and_audio(clip: Clip, files: raw.ClipFiles, options: raw.DecodeOption
     else:
       waveform, audio_record = raw.window_audio(decoded.audio, decoded.audio_rate, options, files.video)
     audio_record = dict(audio_record, file=files.video)
-  pixels, size_record = raw.resize_short_side(pixels, options.frame_short_side)
+  pixels, size_record = raw.resize_short_side(pixels, options.frame_short_side, frame_record["file"])
   frame_record.update(size_record)
   audio_record["resampled_to"] = options.sample_rate if audio_record["rate"] != options.sample_rate else None
-  return raw.encode_jpeg(pixels, options.jpeg_quality), waveform, {"frame": frame_record, "audio": audio_record}
+  frame = raw.encode_jpeg(pixels, options.jpeg_quality, frame_record["file"])
+  return frame, waveform, {"frame": frame_record, "audio": audio_record}
 
 
 def _png(mask: np.ndarray) -> bytes:
@@ -244,12 +300,19 @@ def make_example(resolved: Resolved, options: raw.DecodeOptions, num_classes: in
 
 def process(resolved: Resolved, options: raw.DecodeOptions,
             num_classes: int) -> tuple[int, dict[str, Any] | None, Skipped | None]:
-  """make_example that never raises SkipError: (key, example or None, skip record or None)."""
+  """make_example that never raises: (key, example or None, skip record or None).
+
+  A SkipError gives its reason; any other exception (a bug, or input no check foresaw) gives a `build_error`
+  row naming the clip's file and the exception, so one bad example never stops the whole build.
+  """
   item = resolved.item
   try:
     return item.key, make_example(resolved, options, num_classes), None
   except raw.SkipError as e:
     return item.key, None, Skipped.from_error(item.key, item.example_id, e)
+  except Exception as e:  # pylint: disable=broad-except
+    file = resolved.files.frame or resolved.files.video or resolved.files.audio or ""
+    return item.key, None, Skipped.from_exception(item.key, item.example_id, file, e)
 
 
 def check_unique_keys(items: Sequence[Item]) -> None:

@@ -5,8 +5,9 @@ imports neither TensorFlow nor TFDS (worker processes start fast). Paths go thro
 tree may live on a local disk or on a cloud bucket (gs://...) when the builders run on Dataflow.
 
 Every failure raises `SkipError` with one of REASONS; the builders skip the example and list it in the skip
-report (id, file, reason, detail). Every decision that alters data (resizing, resampling, windowing, tiling,
-padding, clipping) is returned as a record that the builders store per example.
+report (id, file, reason, detail); any other exception while building one example becomes a `build_error`
+skip (items.process), never a crash of the whole build. Every decision that alters data (resizing, resampling,
+windowing, tiling, padding, clipping) is returned as a record that the builders store per example.
 
 Axis letters: H, W frame height/width, N audio samples, C audio channels.
 """
@@ -31,16 +32,24 @@ REASONS = (
     "no_video_track",    # mp4 without a video stream
     "no_audio_track",    # mp4 without an audio stream
     "missing_frame",     # the listed frame (MUSIC frame index, or the middle of a cut-short mp4) is not decodable
+    "extreme_aspect_ratio",  # frame whose long side, at short side frame_short_side, exceeds JPEG_MAX_SIDE
+    "unencodable_image",  # stored frame that PIL cannot encode as JPEG
     "audio_too_short",   # audio shorter than the stored window (with short_audio='skip')
-    "malformed_box",     # box that is not 4 finite numbers
+    "nonfinite_audio",   # audio with NaN or infinite samples (float wav, float track of an mp4)
+    "malformed_box",     # box that is not 4 finite numbers, or inverted (x2 < x1 / y2 < y1, negative w / h)
+    "too_many_boxes",    # more boxes than the builder config's max_boxes (the eval pipeline's padding)
     "missing_mask",      # VGGSound-Instruments test sample without its pickled mask
     "unreadable_mask",   # mask pickle that cannot be read or holds no 2-D mask of uint8-representable values
     "unknown_class",     # class name outside the config's class vocabulary
     "malformed_row",     # metadata row with the wrong number of fields
+    "build_error",       # any other exception while building the example (detail: its type, message, location)
 )
 SHORT_AUDIO = ("skip", "tile", "pad")
 # Audio shorter than this is unusable, whatever the policy (an empty or near-empty track).
 MIN_AUDIO_SECONDS = 0.1
+# The largest side a baseline JPEG can hold (libjpeg's JPEG_MAX_DIMENSION); PIL fails with "broken data stream"
+# (or "Maximum supported image dimension") beyond it.
+JPEG_MAX_SIDE = 65500
 
 
 class SkipError(Exception):
@@ -167,23 +176,39 @@ def read_image(path: str) -> np.ndarray:
     raise SkipError("unreadable_image", path, f"{type(e).__name__}: {e}") from e
 
 
-def resize_short_side(pixels: np.ndarray, short_side: int) -> tuple[np.ndarray, dict]:
+def resize_short_side(pixels: np.ndarray, short_side: int, path: str = "") -> tuple[np.ndarray, dict]:
   """Resizes (PIL bicubic) so that the short side is `short_side`; returns the pixels and a record.
 
   Returns:
     pixels [H', W', 3] uint8 with min(H', W') = short_side, and {'size': [H, W], 'stored_size': [H', W']}.
+
+  Raises:
+    SkipError(extreme_aspect_ratio): a stored side would exceed JPEG_MAX_SIDE (e.g. a 3000 x 1 px frame at
+      short side 256 is 768,000 px long); checked before resizing, so no such image is ever allocated.
   """
   height, width = pixels.shape[:2]
   scale = short_side / min(height, width)
   size = (max(1, round(width * scale)), max(1, round(height * scale)))
+  if max(size) > JPEG_MAX_SIDE:
+    raise SkipError("extreme_aspect_ratio", path, f"{height} x {width} px (H x W) would be stored as {size[1]} x "
+                    f"{size[0]} px at short side {short_side}, beyond JPEG's {JPEG_MAX_SIDE} px limit")
   if size != (width, height):
     pixels = np.asarray(Image.fromarray(pixels).resize(size, Image.BICUBIC))
   return pixels, {"size": [height, width], "stored_size": [int(pixels.shape[0]), int(pixels.shape[1])]}
 
 
-def encode_jpeg(pixels: np.ndarray, quality: int) -> bytes:
+def encode_jpeg(pixels: np.ndarray, quality: int, path: str = "") -> bytes:
+  """pixels [H, W, 3] uint8 -> JPEG bytes.
+
+  Raises:
+    SkipError(unencodable_image): PIL cannot encode them (`path`: the source file, for the report).
+  """
   buffer = io.BytesIO()
-  Image.fromarray(pixels).save(buffer, format="JPEG", quality=quality)
+  try:
+    Image.fromarray(pixels).save(buffer, format="JPEG", quality=quality)
+  except Exception as e:  # OSError ("broken data stream"), ValueError (dimensions), ...
+    raise SkipError("unencodable_image", path, f"{pixels.shape[0]} x {pixels.shape[1]} px: "
+                    f"{type(e).__name__}: {e}") from e
   return buffer.getvalue()
 
 
@@ -200,6 +225,7 @@ def read_wav(path: str) -> tuple[np.ndarray, int]:
 
   Raises:
     SkipError(unreadable_audio): not a wav, or fewer samples than its header declares (truncated).
+    SkipError(nonfinite_audio): a float wav with NaN or infinite samples.
   """
   try:
     data = epath.Path(path).read_bytes()
@@ -230,6 +256,7 @@ def _read_wav_scipy(path: str, data: bytes, first_error: Exception) -> tuple[np.
     raise SkipError("unreadable_audio", path, f"{type(first_error).__name__}: {first_error}; {e}") from e
   samples = np.asarray(samples)
   if samples.dtype.kind == "f":
+    check_finite_audio(samples, path)
     mono = samples.astype(np.float32)
   elif samples.dtype == np.uint8:
     mono = (samples.astype(np.float32) - 128.0) / 128.0
@@ -238,6 +265,20 @@ def _read_wav_scipy(path: str, data: bytes, first_error: Exception) -> tuple[np.
   if mono.ndim == 2:
     mono = mono.mean(axis=1)
   return np.clip(mono, -1.0, 1.0).astype(np.float32), int(rate)
+
+
+def check_finite_audio(samples: np.ndarray, path: str) -> None:
+  """Float samples (any shape, e.g. [N, C]) must all be finite: clipping would store NaN as 0 and inf as full scale.
+
+  Raises:
+    SkipError(nonfinite_audio): the detail counts the NaN and infinite sample values.
+  """
+  finite = np.isfinite(samples)
+  if not finite.all():
+    bad = int(samples.size - np.count_nonzero(finite))
+    nan = int(np.count_nonzero(np.isnan(samples)))
+    raise SkipError("nonfinite_audio", path, f"{bad} of {samples.size} sample values are not finite ({nan} NaN, "
+                    f"{bad - nan} infinite); re-export the audio without them")
 
 
 def _pcm_to_float(frames: bytes, width: int, channels: int) -> np.ndarray:
@@ -281,7 +322,11 @@ def window_audio(waveform: np.ndarray, rate: int, options: DecodeOptions, path: 
     waveform [n] int16 (n = the window, or the whole clip with audio_seconds = 0), and a record with
     `rate` (the file's), `samples` (the clip's, at the stored rate), `offset` (window start), `fill`
     ('none' | 'tiled' | 'padded') and `clipped` (samples beyond full scale after resampling, set to +-1).
+
+  Raises:
+    SkipError: audio_too_short, nonfinite_audio (NaN or inf in `waveform`).
   """
+  check_finite_audio(waveform, path)
   if waveform.size < MIN_AUDIO_SECONDS * rate:
     raise SkipError("audio_too_short", path, f"{waveform.size} samples at {rate} Hz")
   stored = resample(waveform, rate, options.sample_rate)
@@ -399,6 +444,7 @@ def _decode_audio(container, path: str) -> tuple[np.ndarray, int]:
 
   Raises:
     SkipError(unreadable_video): the track decodes to clearly less than its declared duration (truncated).
+    SkipError(nonfinite_audio): the decoded track holds NaN or infinite samples.
   """
   stream = container.streams.audio[0]
   resampler = av.AudioResampler(format="fltp", layout=stream.layout.name if stream.layout else None,
@@ -412,6 +458,7 @@ def _decode_audio(container, path: str) -> tuple[np.ndarray, int]:
   if not chunks:
     return np.zeros((0,), np.float32), int(stream.rate or 0)
   samples = np.concatenate(chunks, axis=1)  # [C, N]
+  check_finite_audio(samples, path)  # float tracks (e.g. pcm_f32le) can hold NaN / inf
   if stream.duration is not None and stream.time_base is not None and stream.rate:
     declared, decoded = float(stream.duration * stream.time_base), samples.shape[1] / stream.rate
     if decoded < TRUNCATION_FRACTION * declared - TRUNCATION_SLACK_SECONDS:

@@ -25,8 +25,12 @@ Arrays of a predictions file (`save` writes one, `load` validates and reads one)
 
 Exactly one of `gt_maps` and `boxes`. The GT is rasterised on H x W = 224 x 224 (the official size) from boxes.
 Protocol 'official' clips box coordinates to [0, 1] as the official `bbox2gtmap` does; 'standard' rejects
-coordinates outside [0, 1] and binarises 'sum' (docs/metrics.md §6). Strings are stored as NumPy unicode
-arrays, so files load without pickle. Every violation raises `PredictionsError` naming the array and the index.
+coordinates outside [0, 1] and binarises 'sum' (docs/metrics.md §6). A counted box row that is inverted inside
+the image (x2 < x1 or y2 < y1 with both coordinates in [0, 1]; 'xywh': w < 0 or h < 0) is an error under both
+protocols (its GT would be silently empty); zero-area boxes are allowed, and under 'official' a coordinate outside
+[0, 1] is clipped first, as the datasets' builders keep it (items.check_boxes). Strings are stored as NumPy
+unicode arrays, so files load without pickle. Every violation raises `PredictionsError` naming the array and the
+index.
 """
 import dataclasses
 from typing import Any
@@ -193,8 +197,21 @@ def _box_rows(data: dict[str, np.ndarray], boxes: np.ndarray, used: np.ndarray) 
   return rows & used[..., None]
 
 
-def _check_boxes(boxes: np.ndarray, rows: np.ndarray, protocol: str) -> None:
+def _check_boxes(boxes: np.ndarray, rows: np.ndarray, protocol: str, box_format: str) -> None:
+  """The counted rows of boxes [N, S, NB, 4] (rows [N, S, NB]): finite, not inverted, in [0, 1] (standard)."""
   _check_finite("boxes", boxes, rows)
+  safe = np.where(rows[..., None], boxes, -1.0)  # ignored rows may hold NaN / inf
+  xyxy = safe if box_format == "xyxy" else np.concatenate([safe[..., :2], safe[..., :2] + safe[..., 2:]], -1)
+  inside = (xyxy >= 0) & (xyxy <= 1)
+  swapped = (xyxy[..., 2:] < xyxy[..., :2]) & inside[..., :2] & inside[..., 2:] & rows[..., None]  # [N, S, NB, 2]
+  if swapped.any():
+    index = _first(swapped.any(axis=-1))
+    box = [float(f"{v:.6g}") for v in boxes[index]]
+    rule = ("negative width or height" if box_format == "xywh" else
+            " and ".join(f"{a}2 < {a}1" for a, bad in zip("xy", swapped[index]) if bad))
+    want = "[x, y, w, h] with w, h >= 0" if box_format == "xywh" else "[x1, y1, x2, y2] with x1 <= x2, y1 <= y2"
+    raise PredictionsError(f"boxes[{_fmt(index)}] = {box} is inverted ({rule}; box_format {box_format!r}): its GT "
+                           f"would be empty. Give boxes as {want}; padding rows are all -1.")
   if protocol == "standard":
     outside = rows[..., None] & ((boxes < 0) | (boxes > 1))
     if outside.any():
@@ -294,7 +311,7 @@ def load(path: str, protocol: str = "official", map_range: str | None = None,
     if protocol == "standard" and combine == "sum":
       combine = "binarize"  # docs/metrics.md §6: the standard protocol binarises summed boxes.
     rows = _box_rows(data, boxes, used)
-    _check_boxes(boxes, rows, protocol)
+    _check_boxes(boxes, rows, protocol, box_format)
     safe = np.where(rows[..., None], boxes, -1.0)  # ignored rows may hold NaN
     gt = _gt_from_boxes(_pixel_boxes(safe[used], rows[used], box_format, size), combine, size)
     nbox = rows[used].sum(axis=-1).astype(np.int64)

@@ -65,8 +65,8 @@ def open_source(dataset_name: str, split: str, data_dir: str | None, *, per_proc
         f"first, e.g. `python -m avl_jax.prepare --dataset={dataset_name} --data_dir=DIR`.") from e
 
 
-def prepared_splits(dataset_name: str, data_dir: str | None) -> list[str]:
-  """The split names of a prepared dataset; FileNotFoundError (with the command that builds it) otherwise."""
+def prepared_info(dataset_name: str, data_dir: str | None) -> tfds.core.DatasetInfo:
+  """The DatasetInfo of a prepared dataset; FileNotFoundError (with the command that builds it) otherwise."""
   try:
     builder = tfds.builder(dataset_name, data_dir=data_dir)
     prepared = builder.is_prepared()
@@ -76,7 +76,7 @@ def prepared_splits(dataset_name: str, data_dir: str | None) -> list[str]:
     raise FileNotFoundError(
         f"Dataset {dataset_name!r} is not prepared in data_dir={data_dir!r}. Build it first, e.g. "
         f"`python -m avl_jax.prepare --dataset={dataset_name} --data_dir=DIR`.")
-  return list(builder.info.splits.keys())
+  return builder.info
 
 
 class TrainRecords:

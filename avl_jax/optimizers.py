@@ -10,6 +10,8 @@ import optax
 
 from avl_jax import param_rules
 
+SCHEDULES = ("constant", "cosine", "cosine_tvsl")  # config.optimizer.schedule
+
 
 def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
   opt = config.optimizer
@@ -28,7 +30,7 @@ def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
                        "config.optimizer.cosine_epochs when training by steps).")
     steps_per_epoch = config.num_train_steps / epochs
     return lambda step: opt.learning_rate * 0.5 * (1 + jnp.cos(jnp.pi * (1 + step / steps_per_epoch) / epochs))
-  raise ValueError(f"config.optimizer.schedule={opt.schedule!r}; expected 'constant', 'cosine' or 'cosine_tvsl'.")
+  raise ValueError(f"config.optimizer.schedule={opt.schedule!r}; expected one of {list(SCHEDULES)}.")
 
 
 def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:

@@ -7,7 +7,8 @@ split); resolving twice gives the same config.
 
 Checked: the types and ranges of the step counts, intervals, batch sizes and optimizer fields; choices
 (schedule, protocol, image_norm, eval_resize); model widths (dim divisible by num_heads); the family's own
-rules (`Family.check_config`); with `check_data`, that the dataset, the train split and every eval split exist.
+rules (`Family.check_config`); with `check_data`, that the dataset, the train split and every eval split exist
+and that max_boxes / max_sources hold the eval splits' largest examples (as the raw builders record them).
 """
 import math
 from typing import Any
@@ -17,9 +18,9 @@ import ml_collections
 
 from avl_jax import families
 from avl_jax import input_pipeline
+from avl_jax import optimizers
 from avl_jax.metrics import predictions
 
-SCHEDULES = ("constant", "cosine", "cosine_tvsl")
 # Model fields that are layer counts or widths (when a model has them): positive integers.
 _POSITIVE_MODEL_INTS = ("resnet_width", "dim", "depth_vis", "depth_aud", "num_heads", "embed_dim", "top_k")
 
@@ -66,7 +67,7 @@ def _check_schedule(config: ml_collections.ConfigDict) -> None:
 def _check_optimizer(config: ml_collections.ConfigDict) -> None:
   opt = config.optimizer
   _float(config, "optimizer.learning_rate", opt.learning_rate, 0.0, low_open=True)
-  _choice("optimizer.schedule", opt.schedule, SCHEDULES)
+  _choice("optimizer.schedule", opt.schedule, optimizers.SCHEDULES)
   _int(config, "optimizer.warmup_steps", opt.warmup_steps, 0)
   _float(config, "optimizer.b1", opt.b1, 0.0, 1.0, high_open=True)
   _float(config, "optimizer.b2", opt.b2, 0.0, 1.0, high_open=True)
@@ -94,7 +95,6 @@ def _check_dataset(config: ml_collections.ConfigDict) -> None:
 def _check_eval(config: ml_collections.ConfigDict) -> None:
   _choice("eval.protocol", config.eval.protocol, predictions.PROTOCOLS)
   _int(config, "eval.num_visualize", config.eval.num_visualize, 0)
-  _float(config, "eval.tvsl_threshold", config.eval.tvsl_threshold, 0.0, 1.0)
 
 
 def _check_model(config: ml_collections.ConfigDict) -> None:
@@ -123,12 +123,21 @@ def _check_model(config: ml_collections.ConfigDict) -> None:
 def _check_data(config: ml_collections.ConfigDict) -> None:
   """The dataset is prepared and has the train split and every eval split."""
   ds = config.dataset
-  available = input_pipeline.prepared_splits(ds.name, ds.data_dir)  # FileNotFoundError with the fix if not built
+  info = input_pipeline.prepared_info(ds.name, ds.data_dir)  # FileNotFoundError with the fix if not built
+  available = list(info.splits.keys())
   wanted = [("dataset.train_split", ds.train_split)] + [("dataset.eval_splits", s) for s in ds.eval_splits]
   for field, split in wanted:
     if split not in available:
       raise ConfigError(f"config.{field}: dataset {ds.name!r} has no split {split!r}; its splits: "
                         f"{sorted(available)}.")
+  # The raw builders record the largest box and source counts per split (datasets/builder_lib.py).
+  counts = dict(info.metadata or {}).get("boxes", {})
+  for split in ds.eval_splits:
+    for key in ("max_boxes", "max_sources"):
+      needed = counts.get(split, {}).get(key, 0)
+      if needed > ds[key]:
+        raise ConfigError(f"config.dataset.{key}={ds[key]}: split {split!r} of {ds.name!r} has examples with "
+                          f"{needed}; set --config.dataset.{key}={needed} or more.")
 
 
 def num_train_steps(config: ml_collections.ConfigDict) -> int:

@@ -201,6 +201,17 @@ def test_resolve_checks_splits_and_resolves_epochs(tiny_config):
   assert resolve.resolve(resolved).num_train_steps == resolved.num_train_steps
 
 
+def test_resolve_checks_max_boxes_against_the_built_dataset(tiny_config, monkeypatch):
+  class Info:  # what a raw builder records (datasets/builder_lib.py, metadata 'boxes')
+    splits = {"train": None, "test_single": None, "test_duet": None}
+    metadata = {"boxes": {"test_duet": {"max_boxes": 17, "max_sources": 2}}}
+  monkeypatch.setattr(resolve.input_pipeline, "prepared_info", lambda name, data_dir: Info)
+  with pytest.raises(resolve.ConfigError, match="max_boxes=16: split 'test_duet'.*17"):
+    resolve.resolve(tiny_config)
+  tiny_config.dataset.max_boxes = 17
+  assert resolve.resolve(tiny_config).dataset.max_boxes == 17
+
+
 def test_unknown_config_field_messages(tiny_config):
   message = cli.unknown_field_message(tiny_config, "lerning_rate")
   assert "'optimizer.learning_rate'" in message and "Fields of the config: batch_size" in message

@@ -46,6 +46,10 @@ class TVSLFamily(base.Family):
     for name, choices in CHOICES.items():
       if name in config.model:
         tvsl_base.check_choice(f"config.model.{name}", config.model[name], choices)
+    threshold = config.eval.tvsl_threshold
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0.0 <= threshold <= 1.0:
+      raise ValueError(f"config.eval.tvsl_threshold={threshold!r}: must be a number in [0, 1] (the fixed "
+                       "binarisation threshold of the min-max scores).")
 
   # ---------------------------------------------------------------------------------------------- constants
   def embed_dim(self, config: ml_collections.ConfigDict) -> int:

@@ -7,11 +7,19 @@ loaded or an override `--config.a.b=value` names a field the config does not hav
   'learning_rate'? Fields of config.optimizer: b1, b2, ...
 
 (close matches at that level, and for a top-level typo also nested fields of that name) and exits with code 1.
+
+`init_runtime` is the start-up every binary shares: `jax.distributed.initialize()` when asked, TensorFlow (used
+by TFDS and the clu writers only) kept off accelerators, and the persistent compilation cache
+(`config.compilation_cache_dir`): a rerun, a resume or an evaluation of the same shapes loads its executables
+from disk instead of recompiling them.
 """
 import difflib
+import os
 import sys
 
 from absl import flags
+from absl import logging
+import jax
 import ml_collections
 
 from avl_jax import config_lib
@@ -93,3 +101,20 @@ def parse_flags(argv: list[str]) -> list[str]:
             file=sys.stderr)
       sys.exit(1)
     raise
+
+
+def init_runtime(config: ml_collections.ConfigDict | None = None, *, distributed: bool = False) -> None:
+  """Process start-up of the binaries (see the module docstring); call once, before any JAX computation."""
+  if distributed:
+    jax.distributed.initialize()
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  tf.config.set_visible_devices([], "GPU")
+  jax.config.update("jax_threefry_partitionable", True)
+  cache = config.get("compilation_cache_dir") if config is not None else None
+  if cache:
+    cache = os.path.expanduser(cache)
+    jax.config.update("jax_compilation_cache_dir", cache)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+    logging.info("Persistent compilation cache: %s (config.compilation_cache_dir; '' turns it off).", cache)
+  logging.info("JAX %s: process %d/%d, local devices %s.", jax.__version__, jax.process_index(),
+               jax.process_count(), jax.local_devices())

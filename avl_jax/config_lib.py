@@ -140,6 +140,9 @@ def base_config() -> ml_collections.ConfigDict:
   ))
 
   config.mesh = (("data", -1),)   # (axis, size) pairs; -1 = all remaining devices
+  # Persistent XLA compilation cache of the binaries (a resume or an evaluation of the same shapes loads its
+  # executables instead of recompiling; '~' is expanded). '' turns it off.
+  config.compilation_cache_dir = "~/.cache/avl_jax/jit"
   config.log_every_steps = 50
   config.checkpoint_every_steps = 500
   config.keep_checkpoints = 3

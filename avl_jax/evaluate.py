@@ -73,6 +73,9 @@ _WEIGHTS = flags.DEFINE_string(
     "weights", None, "Evaluate a converted-weights directory (written by `python -m avl_jax.convert` from "
     "official weights) instead of a training checkpoint; it must hold every variable of the config's "
     "model. Results go to WORKDIR/eval/ as step 0. Not with --step or --all.")
+_DISTRIBUTED = flags.DEFINE_bool(
+    "distributed", False, "Call jax.distributed.initialize() first (multi-host TPU pods / GPU clusters): every "
+    "host restores the checkpoint and scores its shard of each split; process 0 writes the results.")
 _OUTPUT_DIR = flags.DEFINE_string(
     "output_dir", None, "Checkpoint mode: write the results, the ledger and TensorBoard scalars here instead of "
     "WORKDIR/eval (e.g. when the workdir is read-only); checkpoints are only read.")
@@ -366,7 +369,7 @@ def _check_flags() -> None:
 
   if _PREDICTIONS.value:
     conflicts = given("config", "workdir", "step", "all", "watch", "splits", "save_predictions", "weights",
-                      "output_dir")
+                      "output_dir", "distributed")
     if conflicts:
       raise app.UsageError(f"--predictions scores a file without a model; drop {', '.join(conflicts)}.")
     return
@@ -401,8 +404,7 @@ def _run() -> None:
         tau=_TAU.value, baselines=_BASELINES.value, num_visualize=_NUM_VISUALIZE.value)
     _print_results({os.path.basename(_PREDICTIONS.value): result})
     return
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  tf.config.set_visible_devices([], "GPU")
+  cli.init_runtime(_CONFIG.value, distributed=_DISTRIBUTED.value)
   config = _CONFIG.value
   if _SPLITS.value:
     config.dataset.eval_splits = tuple(_SPLITS.value)

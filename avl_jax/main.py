@@ -41,14 +41,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   logs.setup()
-  if _DISTRIBUTED.value:
-    jax.distributed.initialize()
-  # Keep TensorFlow (used only by TFDS/clu writers) off accelerators.
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  tf.config.set_visible_devices([], "GPU")
-  jax.config.update("jax_threefry_partitionable", True)
-  logging.info("JAX %s: process %d/%d, local devices %s.", jax.__version__, jax.process_index(),
-               jax.process_count(), jax.local_devices())
+  cli.init_runtime(_CONFIG.value, distributed=_DISTRIBUTED.value)
   try:
     train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except (resolve.ConfigError, FileNotFoundError, checkpointing.CheckpointMismatchError) as e:

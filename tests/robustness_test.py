@@ -252,3 +252,15 @@ def test_read_only_results_directory_offers_output_dir(tmp_path, monkeypatch):
   monkeypatch.setattr(writers.os, "makedirs", read_only)
   with pytest.raises(writers.OutputNotWritableError, match="Read-only file system.*--output_dir"):
     evaluate.prepare_output(str(tmp_path / "eval"))
+
+
+def test_init_runtime_turns_on_the_persistent_compilation_cache(tiny_config, monkeypatch):
+  updates = {}
+  monkeypatch.setattr(cli.jax.config, "update", lambda name, value: updates.__setitem__(name, value))
+  tiny_config.compilation_cache_dir = "~/jit_cache_test"
+  cli.init_runtime(tiny_config)
+  assert updates["jax_compilation_cache_dir"] == os.path.expanduser("~/jit_cache_test")
+  updates.clear()
+  tiny_config.compilation_cache_dir = ""
+  cli.init_runtime(tiny_config)
+  assert "jax_compilation_cache_dir" not in updates and updates["jax_threefry_partitionable"]

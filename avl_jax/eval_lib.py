@@ -228,8 +228,10 @@ def evaluate_split(config, model, variables, mesh, workdir: str, step: int, spli
 
 def evaluate_all(config, model, variables, mesh, workdir: str, step: int, writer=None, *,
                  consts: dict[str, Any] | None = None, splits: list[str] | None = None, localize_fn=None,
-                 save_predictions: bool = False, output: str | None = None) -> dict[str, Any]:
+                 save_predictions: bool = False, output: str | None = None, log_tables: bool = True) -> dict[str, Any]:
   """Evaluates `splits` (default config.dataset.eval_splits); logs a table and writes `eval/{split}/*` scalars.
+
+  `log_tables=False` logs one line per split instead of the table (the evaluate binary prints the tables).
 
   `localize_fn` (from make_localize_fn) can be passed in so that many checkpoints share one compilation.
   """
@@ -238,7 +240,10 @@ def evaluate_all(config, model, variables, mesh, workdir: str, step: int, writer
   for split in (config.dataset.eval_splits if splits is None else splits):
     results[split] = evaluate_split(config, model, variables, mesh, workdir, step, split, localize_fn,
                                     consts=consts, save_predictions=save_predictions, output=output)
-    logging.info("Eval:\n%s", writers.format_result(results[split]))
+    if log_tables:
+      logging.info("Eval:\n%s", writers.format_result(results[split]))
+    else:
+      logging.info("Evaluated %s at step %d: %s.", split, step, result_stem(workdir, results[split], output) + ".json")
     if writer is not None:
       tag = split + _class_suffix(results[split])
       scalars = {f"eval/{tag}/{k}": v for k, v in results[split]["metrics"]["model"].items()

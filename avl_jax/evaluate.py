@@ -5,6 +5,8 @@ Checkpoints (restored onto the current mesh; every host scores its own shard of 
   python -m avl_jax.evaluate --config=configs/synthetic_av.py --workdir=DIR --all [--watch]
 Converted PyTorch weights (`python -m avl_jax.convert`), no training checkpoint; results go to DIR/eval/ as step 0:
   python -m avl_jax.evaluate --config=configs/avgn_vggsound_duet.py --workdir=DIR --weights=weights/avgn_official
+One table of the results already written (oracle and predicted classes side by side, no model):
+  python -m avl_jax.evaluate --workdir=DIR --summarize [--splits=test_duet]
 Saved maps (no model, no checkpoint; schema in avl_jax/metrics/predictions.py and README.md):
   python -m avl_jax.evaluate --predictions=FILE.npz --protocol=official --output=FILE.json
 
@@ -76,6 +78,10 @@ _WEIGHTS = flags.DEFINE_string(
 _DISTRIBUTED = flags.DEFINE_bool(
     "distributed", False, "Call jax.distributed.initialize() first (multi-host TPU pods / GPU clusters): every "
     "host restores the checkpoint and scores its shard of each split; process 0 writes the results.")
+_SUMMARIZE = flags.DEFINE_boolean(
+    "summarize", False, "Print one table per split from the newest result JSONs already in WORKDIR/eval (or "
+    "--output_dir): the model and audio ablations under each class source evaluated (oracle, predicted), then "
+    "the baselines. No model, no --config; --splits chooses the splits (default: every split found).")
 _OUTPUT_DIR = flags.DEFINE_string(
     "output_dir", None, "Checkpoint mode: write the results, the ledger and TensorBoard scalars here instead of "
     "WORKDIR/eval (e.g. when the workdir is read-only); checkpoints are only read.")
@@ -150,8 +156,10 @@ class CheckpointEvaluator:
   are removed first.
   """
 
-  def __init__(self, config, workdir: str, *, save_predictions: bool = False, output: str | None = None):
+  def __init__(self, config, workdir: str, *, save_predictions: bool = False, output: str | None = None,
+               log_tables: bool = True):
     self.config = config
+    self.log_tables = log_tables
     self.workdir = workdir
     self.output = eval_lib.output_dir(workdir, output)
     self.save_predictions = save_predictions
@@ -191,7 +199,8 @@ class CheckpointEvaluator:
     with jax.set_mesh(mesh):
       results = eval_lib.evaluate_all(self.config, setup.model, state.variables, mesh, self.workdir, step,
                                       self._writer, consts=consts, splits=splits, localize_fn=localize_fn,
-                                      save_predictions=self.save_predictions, output=self.output)
+                                      save_predictions=self.save_predictions, output=self.output,
+                                      log_tables=self.log_tables)
     self._writer.flush()
     protocol = self.config.eval.protocol
     previous = self.ledger.get(step, {})
@@ -223,13 +232,14 @@ def prepare_output(output: str) -> None:
 
 
 def evaluate(config, workdir: str, step: int | None = None, *, save_predictions: bool = False,
-             output: str | None = None) -> dict:
+             output: str | None = None, log_tables: bool = True) -> dict:
   """Restores `step` (or the latest) from `workdir` and evaluates every configured split; {split: result}.
 
   Without `step`, a latest checkpoint that cannot be restored is reported (warning naming the step and the
   error) and the newest one that restores is evaluated instead; nothing is moved or deleted.
   """
-  evaluator = CheckpointEvaluator(config, workdir, save_predictions=save_predictions, output=output)
+  evaluator = CheckpointEvaluator(config, workdir, save_predictions=save_predictions, output=output,
+                                  log_tables=log_tables)
   steps = evaluator.steps()
   if not steps:
     raise FileNotFoundError(f"No checkpoint found in {os.path.join(workdir, 'checkpoints')}.")
@@ -250,7 +260,7 @@ def evaluate(config, workdir: str, step: int | None = None, *, save_predictions:
 
 
 def evaluate_weights(config, workdir: str, weights_dir: str, *, save_predictions: bool = False,
-                     output: str | None = None) -> dict:
+                     output: str | None = None, log_tables: bool = True) -> dict:
   """Evaluates the variables of a converted-weights directory with `config`'s model; {split: result}.
 
   Raises:
@@ -275,7 +285,7 @@ def evaluate_weights(config, workdir: str, weights_dir: str, *, save_predictions
   consts = train.make_consts(setup, variables["params"], mesh)
   with jax.set_mesh(mesh):
     return eval_lib.evaluate_all(config, setup.model, variables, mesh, workdir, 0, None, consts=consts,
-                                 save_predictions=save_predictions, output=output)
+                                 save_predictions=save_predictions, output=output, log_tables=log_tables)
 
 
 def _from_process_0(action: np.ndarray) -> np.ndarray:
@@ -287,7 +297,7 @@ def _from_process_0(action: np.ndarray) -> np.ndarray:
 
 def evaluate_checkpoints(config, workdir: str, *, watch: bool = False, poll_seconds: float = 60.0,
                          watch_timeout: float = 3600.0, save_predictions: bool = False, output: str | None = None,
-                         sleep: collections.abc.Callable[[float], None] = time.sleep,
+                         log_tables: bool = True, sleep: collections.abc.Callable[[float], None] = time.sleep,
                          clock: collections.abc.Callable[[], float] = time.monotonic) -> dict[int, dict[str, Any]]:
   """`--all`: evaluates every checkpoint (and split) the ledger does not list, oldest first.
 
@@ -300,6 +310,7 @@ def evaluate_checkpoints(config, workdir: str, *, watch: bool = False, poll_seco
     watch_timeout: see `watch`.
     save_predictions: also export the maps of every split (eval_lib.evaluate_split).
     output: results directory (default {workdir}/eval).
+    log_tables: log each result table (the binary prints them instead).
     sleep, clock: injectable for tests.
 
   Returns:
@@ -308,7 +319,8 @@ def evaluate_checkpoints(config, workdir: str, *, watch: bool = False, poll_seco
   Raises:
     FileNotFoundError: the workdir has no checkpoint (after waiting, with watch).
   """
-  evaluator = CheckpointEvaluator(config, workdir, save_predictions=save_predictions, output=output)
+  evaluator = CheckpointEvaluator(config, workdir, save_predictions=save_predictions, output=output,
+                                  log_tables=log_tables)
   splits = list(config.dataset.eval_splits)
   if len(splits) > 31:  # pending splits travel between hosts as the bits of an int32
     raise ValueError(f"--all supports at most 31 eval splits; got {len(splits)}.")
@@ -367,6 +379,11 @@ def _check_flags() -> None:
   def given(*names):
     return [f"--{n}" for n in names if flags.FLAGS[n].present]
 
+  if _SUMMARIZE.value:
+    conflicts = given("config", "step", "all", "watch", "weights", "predictions", "save_predictions")
+    if conflicts or not _WORKDIR.value:
+      raise app.UsageError(f"--summarize reads result files: give --workdir (and --splits), drop {conflicts}.")
+    return
   if _PREDICTIONS.value:
     conflicts = given("config", "workdir", "step", "all", "watch", "splits", "save_predictions", "weights",
                       "output_dir", "distributed")
@@ -397,7 +414,27 @@ def _fail(error: Exception, code: int) -> None:
   sys.exit(code)
 
 
+def summarize(workdir: str, splits: list[str] | None = None, output: str | None = None) -> str:
+  """`--summarize`: the comparison tables of the newest results in the eval directory, one per split."""
+  directory = eval_lib.output_dir(workdir, output)
+  latest = writers.latest_results(directory)
+  found = sorted({split for split, _ in latest})
+  if not found:
+    raise FileNotFoundError(f"No result JSONs in {directory}; evaluate a checkpoint first.")
+  missing = sorted(set(splits or ()) - set(found))
+  if missing:
+    raise FileNotFoundError(f"No results for split(s) {missing} in {directory}; found {found}.")
+  tables = []
+  for split in splits or found:
+    results = [latest[key] for key in sorted(latest, key=lambda k: (k[1] != "oracle", k[1])) if key[0] == split]
+    tables.append(writers.format_comparison(results))
+  return "\n\n".join(tables)
+
+
 def _run() -> None:
+  if _SUMMARIZE.value:
+    print(summarize(_WORKDIR.value, _SPLITS.value, _OUTPUT_DIR.value))
+    return
   if _PREDICTIONS.value:
     result = eval_lib.score_predictions_file(
         _PREDICTIONS.value, _OUTPUT.value, protocol=_PROTOCOL.value or "official", map_range=_MAP_RANGE.value,
@@ -414,19 +451,19 @@ def _run() -> None:
   output = _OUTPUT_DIR.value
   if _WEIGHTS.value:
     _print_results(evaluate_weights(config, _WORKDIR.value, _WEIGHTS.value, save_predictions=_SAVE_PREDICTIONS.value,
-                                    output=output))
+                                    output=output, log_tables=False))
     return
   if _ALL.value:
     evaluated = evaluate_checkpoints(config, _WORKDIR.value, watch=_WATCH.value, poll_seconds=_POLL_SECONDS.value,
                                      watch_timeout=_WATCH_TIMEOUT.value, save_predictions=_SAVE_PREDICTIONS.value,
-                                     output=output)
+                                     output=output, log_tables=False)
     for _, results in sorted(evaluated.items()):
       _print_results(results)
     print(f"\nEvaluated {len(evaluated)} checkpoint(s) {sorted(evaluated)}; ledger: "
           f"{ledger_path(_WORKDIR.value, output)}")
     return
   _print_results(evaluate(config, _WORKDIR.value, _STEP.value, save_predictions=_SAVE_PREDICTIONS.value,
-                          output=output))
+                          output=output, log_tables=False))
 
 
 def main(argv):

@@ -9,8 +9,6 @@ from its checkpoints; a finished cell is not retrained, only its final evaluatio
 (`{workdir}/table.md` and stdout) takes every metric named in the config's `TABLE_COLUMNS` (default
 TABLE7_COLUMNS) from each cell's final eval JSON.
 """
-import glob
-import json
 import os
 
 from absl import logging
@@ -18,6 +16,7 @@ from absl import logging
 from avl_jax import config_lib
 from avl_jax import resolve
 from avl_jax import train
+from avl_jax.evaluation import writers
 
 # (setting, column title, metric key) of the T-VSL supplementary's Table 7.
 TABLE7_COLUMNS = (
@@ -36,15 +35,12 @@ def load_module(path: str):
 
 
 def final_results(workdir: str) -> dict[str, dict]:
-  """{split: metrics of 'model'} from the latest eval JSONs of a cell's workdir ({} if none)."""
-  latest = {}
-  for path in glob.glob(os.path.join(workdir, "eval", "*_*.json")):
-    with open(path) as f:
-      result = json.load(f)
-    split, step = result["split"], int(result["step"])
-    if split not in latest or step > latest[split][0]:
-      latest[split] = (step, result["metrics"]["model"])
-  return {split: metrics for split, (_, metrics) in latest.items()}
+  """{split: metrics of 'model'} from the latest eval JSONs of a cell's workdir ({} if none).
+
+  The official (oracle-class) results; predicted-class results of the same split are not mixed in.
+  """
+  latest = writers.latest_results(os.path.join(workdir, "eval"))
+  return {split: result["metrics"]["model"] for (split, source), result in latest.items() if source == "oracle"}
 
 
 def table(cells: list[tuple[str, str]], results: dict[str, dict[str, dict]], columns) -> str:

@@ -20,5 +20,7 @@ if [[ "${2:-}" != *ezvsl* ]]; then
   python -m avl_jax.evaluate --config="$CONFIG" --workdir="$WORKDIR" --config.model.class_source=predicted \
       --splits=test_duet
 fi
+echo "[avl_jax] test_duet, every method in one table (python -m avl_jax.evaluate --workdir=... --summarize):"
+python -m avl_jax.evaluate --workdir="$WORKDIR" --summarize --splits=test_duet
 echo "[avl_jax] results: $WORKDIR/eval/*.json, heat maps: $WORKDIR/eval/*.png"
 echo "[avl_jax] demo finished in $(( $(date +%s) - start )) s"

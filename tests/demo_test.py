@@ -21,9 +21,14 @@ def test_demo_script_builds_trains_evaluates_with_relative_paths(tmp_path):
   assert "demo finished in" in result.stdout
   # A readable log: no Orbax internals, the final checkpoint evaluated once (one table per split).
   assert "checkpoint_manager.py" not in output and "atomicity.py" not in output
-  assert output.count("sources, protocol official):") == 2 and output.count("test_single (step 2,") == 1
-  # Then test_duet once more with predicted classes (the evaluate binary logs and prints its table).
-  assert output.count("sources, protocol official, predicted classes):") >= 1
+  # Training's two tables, then the comparison table of test_duet (`evaluate --summarize`).
+  assert output.count("sources, protocol official):") == 3 and output.count("test_single (step 2,") == 1
+  # Then test_duet once more with predicted classes: the evaluate binary prints its table once (not also logged).
+  assert output.count("sources, protocol official, predicted classes):") == 1
+  summary = output[output.index("every method in one table"):]
+  for label in ("model (oracle classes)", "model (predicted classes)", "shuffled_audio (predicted classes)",
+                "center_prior", "random"):
+    assert label in summary, summary[:3000]
   assert (tmp_path / "wd" / "eval" / "test_duet_2_predicted.json").exists()
   # The workdir and the dataset land where the caller pointed, not in the repository.
   assert (tmp_path / "data" / "synthetic_av" / "tiny").is_dir()

@@ -428,3 +428,26 @@ def test_avgn_duet_gt_bug_scores_against_the_partners_gt():
   assert nbox.tolist() == [1, 1, 1, 1, 1, 0] and gt[5].sum() == 0
   np.testing.assert_array_equal(gt[0], gt_maps.pixel_boxes_to_gt_map(
       gt_maps.normalized_to_pixels(own["b"][None].astype(np.float64)), "vggsound_duet", "official"))
+
+
+def test_summarize_puts_oracle_and_predicted_results_in_one_table(tmp_path):
+  def result(step, source, ciou):
+    summary = {k: ciou for k in writers.TABLE_KEYS}
+    return {"split": "test_duet", "step": step, "num_examples": 4, "num_items": 8, "protocol": "official",
+            "class_source": source, "metrics": {"model": summary, "silent_audio": summary,
+                                                "center_prior": summary, "random": summary},
+            "audio_classification": {"map": 0.7, "chance": 0.25, "top1": 0.9}}
+  eval_dir = tmp_path / "eval"
+  for step, source, name in ((2, "oracle", "test_duet_2"), (4, "oracle", "test_duet_4"),
+                             (4, "predicted", "test_duet_4_predicted")):
+    writers.write_json(str(eval_dir / f"{name}.json"), result(step, source, 0.1 * step))
+  writers.write_json(str(eval_dir / "evaluated.json"), {"4": {"splits": ["test_duet"]}})  # not a result
+  text = evaluate.summarize(str(tmp_path))
+  lines = text.splitlines()
+  assert lines[0].startswith("test_duet (step 4")
+  labels = [line[:34].strip() for line in lines[3:9]]
+  assert labels == ["model (oracle classes)", "silent_audio (oracle classes)", "model (predicted classes)",
+                    "silent_audio (predicted classes)", "center_prior", "random"]
+  assert "0.4000" in lines[3] and "audio classifier (predicted run): mAP 0.7000" in text
+  with pytest.raises(FileNotFoundError, match="test_single"):
+    evaluate.summarize(str(tmp_path), ["test_single"])

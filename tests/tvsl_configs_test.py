@@ -297,6 +297,11 @@ def test_predicted_classes_and_zero_shot_query_on_synthetic_av(tiny_data_dir, bp
   result = evaluate.evaluate(predicted, str(tmp_path))["test_duet"]
   assert result["num_predicted_mean"] == 2.0 and 0.0 <= result["class_recall"] <= 1.0
   assert np.isfinite(result["metrics"]["model"]["auc"])
+  step = result["step"]  # predicted-class results sit beside the oracle ones, never over them
+  with open(tmp_path / "eval" / f"test_duet_{step}_predicted.json") as f:
+    assert json.load(f)["class_source"] == "predicted"
+  with open(tmp_path / "eval" / f"test_duet_{step}.json") as f:
+    assert json.load(f)["class_source"] == "oracle"
 
   zero_shot = copy.deepcopy(config)
   zero_shot.text.extra_classes = ("purple dotted hexagon",)

@@ -3,6 +3,7 @@ truncated file): the JSON summary, the per-item CSV, the heat-map PNG, the predi
 """
 import collections.abc
 import csv
+import glob
 import json
 import os
 from typing import Any
@@ -168,6 +169,59 @@ def format_result(result: dict[str, Any], name: str | None = None) -> str:
   if audio:
     text += (f"\naudio classifier: mAP {audio['map']:.4f} (chance {audio['chance']:.4f}), "
              f"top-1 {audio['top1']:.4f}")
+  return text
+
+
+def latest_results(directory: str) -> dict[tuple[str, str], dict[str, Any]]:
+  """{(split, class_source): result JSON} of the newest step of each in an eval directory ({} if none).
+
+  class_source is 'oracle' for results without one (every model without an audio classifier).
+  """
+  latest = {}
+  for path in sorted(glob.glob(os.path.join(directory, "*_*.json"))):
+    try:
+      with open(path) as f:
+        result = json.load(f)
+      key = (result["split"], result.get("class_source", "oracle"))
+      step = int(result["step"])
+    except (OSError, ValueError, KeyError, TypeError):
+      continue  # not a result file (e.g. a hand-written note)
+    if key not in latest or step > int(latest[key]["step"]):
+      latest[key] = result
+  return latest
+
+
+def format_comparison(results: list[dict[str, Any]], keys=TABLE_KEYS) -> str:
+  """One table over several results of a split (e.g. oracle and predicted classes of one checkpoint).
+
+  Rows: each result's model and audio ablations, labelled with its class source, then the baselines once
+  (they do not depend on the class source). Below: each result's audio-classifier line.
+  """
+  header = f"{'method':<34}" + "".join(f"{k:>15}" for k in keys)
+  rows = [header, "-" * len(header)]
+
+  def row(label, summary):
+    rows.append(f"{label:<34}" + "".join(f"{float(summary.get(k, float('nan'))):>15.4f}" for k in keys))
+  baselines = {}
+  for result in results:
+    source = result.get("class_source")
+    for method, summary in result["metrics"].items():
+      if method in ("center_prior", "random"):
+        baselines.setdefault(method, summary)
+      else:
+        row(f"{method} ({source} classes)" if source else method, summary)
+  for method, summary in baselines.items():
+    row(method, summary)
+  first = results[0]
+  text = (f"{first['split']} (step {first['step']}, {first['num_examples']} examples, {first['num_items']} sources, "
+          f"protocol {first['protocol']}):\n" + "\n".join(rows))
+  for result in results:
+    audio = result.get("audio_classification")
+    if audio:
+      text += (f"\naudio classifier ({result.get('class_source', 'oracle')} run): mAP {audio['map']:.4f} "
+               f"(chance {audio['chance']:.4f}), top-1 {audio['top1']:.4f}")
+    if "class_recall" in result:
+      text += f"\npredicted classes: class_recall {float(result['class_recall']):.4f}"
   return text
 
 

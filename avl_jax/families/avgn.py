@@ -17,6 +17,7 @@ import ml_collections
 import numpy as np
 
 from avl_jax import input_pipeline
+from avl_jax import models
 from avl_jax.evaluation import scoring
 from avl_jax.evaluation import writers
 from avl_jax.families import base
@@ -52,12 +53,16 @@ class AVGNFamily(base.Family):
     return model.apply(variables, batch["image"], batch["waveform"], batch["visual_class"], batch["audio_label"],
                        train=True, rngs=rngs, mutable=["batch_stats"])
 
+  def has_audio_classifier(self, config: ml_collections.ConfigDict) -> bool:
+    """AVGN and its AudioCLIP variant score classes from the audio; EZ-VSL maps one class-agnostic map."""
+    return issubclass(models.MODELS[config.model_name], avgn_model.AVGN)
+
   def predicted(self, config: ml_collections.ConfigDict) -> bool:
-    return config.model_name != "ezvsl" and self.field(config, "class_source") == "predicted"
+    return self.has_audio_classifier(config) and self.field(config, "class_source") == "predicted"
 
   def localize(self, config, model, variables, consts, image, waveform, class_ids):
     del consts
-    if not isinstance(model, avgn_model.AVGN):  # EZ-VSL: one class-agnostic map, no audio classifier
+    if not self.has_audio_classifier(config):  # EZ-VSL: one class-agnostic map
       return {"maps": model.apply(variables, image, waveform, jnp.maximum(class_ids, 0), train=False,
                                   method=model.localize)}
     maps, classes = model.apply(variables, image, waveform, class_ids, train=False, return_classes=True,
@@ -86,7 +91,7 @@ class AVGNFamily(base.Family):
 
   def result_fields(self, config):
     fields = {"map_range": "logits", "tau": self.tau(config)}
-    if config.model_name != "ezvsl":
+    if self.has_audio_classifier(config):
       fields["class_source"] = self.field(config, "class_source")
     return fields
 

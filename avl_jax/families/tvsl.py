@@ -133,7 +133,7 @@ class TVSLFamily(base.Family):
   def result_fields(self, config):
     inverted = bool(self.field(config, "invert_map"))
     return {"map_range": "tvsl_inverted_minmax" if inverted else "tvsl_minmax",
-            "threshold": float(config.eval.tvsl_threshold)}
+            "threshold": float(config.eval.tvsl_threshold), "class_source": self.field(config, "class_source")}
 
   def draw(self, path: str, config, pred: dict[str, Any], n: int) -> None:
     """PNG grid: the (canvas) frame, then per source the score map, its GT boxes and the binarised region."""

@@ -103,10 +103,27 @@ def parse_flags(argv: list[str]) -> list[str]:
     raise
 
 
+def distributed_args(environ=None) -> dict[str, object]:
+  """jax.distributed.initialize arguments from AVL_NUM_PROCESSES / AVL_PROCESS_ID (+ JAX_COORDINATOR_ADDRESS).
+
+  Empty when they are not set: JAX then detects the cluster itself (TPU VMs, SLURM, Open MPI, Kubernetes).
+  Setting them runs N processes by hand, e.g. on GPU nodes without a scheduler or several CPU processes on one
+  machine (launch/gpu.sh).
+  """
+  environ = os.environ if environ is None else environ
+  if "AVL_NUM_PROCESSES" not in environ:
+    return {}
+  if "AVL_PROCESS_ID" not in environ or "JAX_COORDINATOR_ADDRESS" not in environ:
+    raise ValueError("AVL_NUM_PROCESSES is set: also set AVL_PROCESS_ID (0..N-1) and JAX_COORDINATOR_ADDRESS "
+                     "(host:port of process 0).")
+  return {"coordinator_address": environ["JAX_COORDINATOR_ADDRESS"],
+          "num_processes": int(environ["AVL_NUM_PROCESSES"]), "process_id": int(environ["AVL_PROCESS_ID"])}
+
+
 def init_runtime(config: ml_collections.ConfigDict | None = None, *, distributed: bool = False) -> None:
   """Process start-up of the binaries (see the module docstring); call once, before any JAX computation."""
   if distributed:
-    jax.distributed.initialize()
+    jax.distributed.initialize(**distributed_args())
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   tf.config.set_visible_devices([], "GPU")
   jax.config.update("jax_threefry_partitionable", True)

@@ -264,3 +264,11 @@ def test_init_runtime_turns_on_the_persistent_compilation_cache(tiny_config, mon
   tiny_config.compilation_cache_dir = ""
   cli.init_runtime(tiny_config)
   assert "jax_compilation_cache_dir" not in updates and updates["jax_threefry_partitionable"]
+
+
+def test_distributed_args_from_the_environment():
+  assert cli.distributed_args({}) == {}
+  env = {"AVL_NUM_PROCESSES": "2", "AVL_PROCESS_ID": "1", "JAX_COORDINATOR_ADDRESS": "localhost:1234"}
+  assert cli.distributed_args(env) == {"coordinator_address": "localhost:1234", "num_processes": 2, "process_id": 1}
+  with pytest.raises(ValueError, match="AVL_PROCESS_ID"):
+    cli.distributed_args({"AVL_NUM_PROCESSES": "2"})

@@ -123,6 +123,8 @@ def distributed_args(environ=None) -> dict[str, object]:
 def init_runtime(config: ml_collections.ConfigDict | None = None, *, distributed: bool = False) -> None:
   """Process start-up of the binaries (see the module docstring); call once, before any JAX computation."""
   if distributed:
+    if os.environ.get("JAX_PLATFORMS", "") == "cpu":  # several CPU processes: collectives over gloo
+      jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(**distributed_args())
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   tf.config.set_visible_devices([], "GPU")

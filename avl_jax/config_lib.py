@@ -139,7 +139,18 @@ def base_config() -> ml_collections.ConfigDict:
       frozen="",
   ))
 
-  config.mesh = (("data", -1),)   # (axis, size) pairs; -1 = all remaining devices
+  # Device mesh: (axis, size) pairs; -1 = all remaining devices. 'data': the batch is split over it, parameters
+  # replicated. 'fsdp': the batch is split over it too (data x fsdp), and parameters and their Adam state are
+  # sharded along it, e.g. (('data', 2), ('fsdp', 4)). docs/sharding.md.
+  config.mesh = (("data", -1),)
+  # Parameter partition rules: (regex, spec) pairs, the first whose regex fully matches a parameter's path
+  # ('imgnet/layer4_0/conv2/kernel', as config.optimizer.frozen) wins. spec: a PartitionSpec as a tuple (one entry
+  # per leading dimension: None, a mesh axis or a tuple of axes), e.g. ('audioclip/.*', ()) replicates the frozen
+  # towers, ('visual_encoder/.*/kernel', (None, 'fsdp')); or 'fsdp' = the automatic FSDP spec whatever the size.
+  # Unmatched parameters: with an fsdp axis of size > 1, the largest dimension divisible by it is sharded if the
+  # parameter has at least 2**16 values (avl_jax/sharding.py FSDP_MIN_SIZE), else replicated. A rule that does
+  # not divide its dimension is an error.
+  config.sharding_rules = ()
   # Persistent XLA compilation cache of the binaries (a resume or an evaluation of the same shapes loads its
   # executables instead of recompiling; '~' is expanded). '' turns it off.
   config.compilation_cache_dir = "~/.cache/avl_jax/jit"

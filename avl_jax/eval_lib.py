@@ -70,7 +70,8 @@ def make_localize_fn(config: ml_collections.ConfigDict, model, mesh):
     return family.localize(config, model, variables, consts, image, waveform, class_ids)
 
   data, replicated = sharding.data_sharding(mesh), sharding.replicated(mesh)
-  return jax.jit(localize, in_shardings=(replicated, replicated, data, data, data), out_shardings=replicated)
+  # Variables keep the sharding they come with (replicated, or FSDP-sharded by config.sharding_rules).
+  return jax.jit(localize, in_shardings=(None, replicated, data, data, data), out_shardings=replicated)
 
 
 def predict_split(config, model, variables, mesh, split: str, localize_fn=None, *,

@@ -22,6 +22,7 @@ import flax
 import flax.struct
 import jax
 import jax.numpy as jnp
+from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 import optax
@@ -59,7 +60,8 @@ class TrainState:
 def init_state(config: ml_collections.ConfigDict, family: families.Family, model, tx, rng: jax.Array) -> TrainState:
   init_rng, state_rng = jax.random.split(rng)
   # Parameter init draws from an 'rbg' key: XLA compiles hundreds of threefry initialisers very slowly on CPU
-  # (a tiny model's init: ~77 s vs ~16 s). Init is replicated, so the values do not depend on the mesh.
+  # (a tiny model's init: ~77 s vs ~16 s). The values do not depend on the mesh or on the state's shardings
+  # (tests/sharding_test.py compares an FSDP-sharded init with a 1-device one).
   init_key = jax.random.key(jax.random.randint(init_rng, (), 0, jnp.iinfo(jnp.int32).max), impl="rbg")
   variables = model.init({"params": init_key}, **family.dummy_inputs(config, 2), train=False)
   params = variables["params"]
@@ -79,13 +81,19 @@ def make_consts(setup: "TrainSetup", params: Any, mesh) -> dict[str, Any]:
 def apply_init_from(state: TrainState, path: str, mesh) -> TrainState:
   """Replaces the variables of a fresh `state` by those of a converted-weights directory (see config.init_from)."""
   loaded, metadata = checkpointing.load_variables(path)
-  current = jax.tree.map(lambda x: np.asarray(x.addressable_data(0)),
-                         {"params": state.params, "batch_stats": state.batch_stats})
+  def to_host(x):  # the whole value, also of an FSDP-sharded parameter (gathered from every host)
+    if x.is_fully_replicated:
+      return np.asarray(x.addressable_data(0))
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+  current = jax.tree.map(to_host, {"params": state.params, "batch_stats": state.batch_stats})
   merged, count = checkpointing.merge_variables(current, loaded, origin=f"config.init_from={path}")
   total = len(jax.tree.leaves(current))
   logging.info("Initialised %d of %d variables from %s (format %s, source %s).", count, total, path,
                metadata.get("format"), metadata.get("source"))
-  merged = jax.device_put(merged, sharding.replicated(mesh))
+  del mesh  # the variables go where the state's own shardings put them
+  merged = jax.device_put(merged, jax.tree.map(lambda x: x.sharding,
+                                               {"params": state.params, "batch_stats": state.batch_stats}))
   return state.replace(params=merged["params"], batch_stats=merged["batch_stats"])
 
 
@@ -153,13 +161,19 @@ class TrainSetup:
 
 
 def build(config: ml_collections.ConfigDict, mesh) -> TrainSetup:
-  """Model, optimizer, abstract sharded state and the jitted train step for `config` on `mesh`."""
+  """Model, optimizer, abstract sharded state and the jitted train step for `config` on `mesh`.
+
+  The state's shardings come from `config.sharding_rules` and the mesh's 'fsdp' axis (`sharding.state_shardings`:
+  parameters and their Adam moments sharded, the rest replicated); the batch is split over 'data' x 'fsdp'.
+  """
   family = families.of(config)
   model = family.create_model(config)
   tx = optimizers.create_optimizer(config)
   init_fn = functools.partial(init_state, config, family, model, tx)
   abstract = jax.eval_shape(init_fn, jax.random.PRNGKey(0))
-  state_sharding = jax.tree.map(lambda _: sharding.replicated(mesh), abstract)
+  rules = config.get("sharding_rules", ())
+  state_sharding = sharding.state_shardings(abstract, mesh, rules)
+  sharding.log_state_sharding(abstract, state_sharding, mesh, rules)
   init_jit = jax.jit(init_fn, out_shardings=state_sharding)
   step_fn = jax.jit(
       functools.partial(train_step, model=model, tx=tx, config=config, family=family),

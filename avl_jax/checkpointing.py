@@ -41,13 +41,28 @@ class CheckpointMismatchError(ValueError):
   """The checkpoint holds other variables or shapes than the current config's model."""
 
 
+ASYNC_MODES = ("auto", "on", "off")  # config.checkpoint_async
+
+
+def use_async(mode: str) -> bool:
+  """config.checkpoint_async: 'on', 'off', or 'auto' = on when the default backend is an accelerator."""
+  if mode not in ASYNC_MODES:
+    raise ValueError(f"config.checkpoint_async={mode!r}: expected one of {list(ASYNC_MODES)}.")
+  return mode == "on" or (mode == "auto" and jax.default_backend() != "cpu")
+
+
 def create_manager(workdir: str, *, save_interval_steps: int = 1, max_to_keep: int | None = 3,
-                   create: bool = True) -> ocp.CheckpointManager:
-  """Manager over `{workdir}/checkpoints`, keeping the latest `max_to_keep`."""
+                   create: bool = True, async_save: bool = False) -> ocp.CheckpointManager:
+  """Manager over `{workdir}/checkpoints`, keeping the latest `max_to_keep`.
+
+  async_save: write in a background thread (Orbax async checkpointing): the arrays are copied off the devices
+  and the grain iterator state is serialised at the save call, so training goes on while the files are written;
+  a step counts only once Orbax has committed it (a kill during the write leaves no half step behind).
+  """
   directory = os.path.join(os.path.abspath(workdir), "checkpoints")
   options = ocp.CheckpointManagerOptions(
       save_interval_steps=save_interval_steps, max_to_keep=max_to_keep, create=create,
-      enable_async_checkpointing=False)
+      enable_async_checkpointing=async_save)
   return ocp.CheckpointManager(directory, options=options, item_names=("state", "data_iter"))
 
 

@@ -16,6 +16,7 @@ from typing import Any
 from absl import logging
 import ml_collections
 
+from avl_jax import checkpointing
 from avl_jax import families
 from avl_jax import input_pipeline
 from avl_jax import optimizers
@@ -62,6 +63,8 @@ def _check_schedule(config: ml_collections.ConfigDict) -> None:
   _int(config, "keep_checkpoints", config.keep_checkpoints, 1,
        ": the number of newest checkpoints kept (0 would delete every one, the final one included)")
   _int(config, "eval_every_steps", config.eval_every_steps, 0, " (0: evaluate only at the end)")
+  if "checkpoint_async" in config:
+    _choice("checkpoint_async", config.checkpoint_async, checkpointing.ASYNC_MODES)
 
 
 def _check_optimizer(config: ml_collections.ConfigDict) -> None:

@@ -252,7 +252,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   # Restore or initialise.
   manager = checkpointing.create_manager(workdir, save_interval_steps=config.checkpoint_every_steps,
-                                         max_to_keep=config.keep_checkpoints)
+                                         max_to_keep=config.keep_checkpoints,
+                                         async_save=checkpointing.use_async(config.checkpoint_async))
   try:
     state, latest = checkpointing.restore_latest(manager, setup.abstract_state, train_iter, move_damaged=True,
                                                  config_diff=config_diff(workdir, config))

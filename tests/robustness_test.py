@@ -272,3 +272,27 @@ def test_distributed_args_from_the_environment():
   assert cli.distributed_args(env) == {"coordinator_address": "localhost:1234", "num_processes": 2, "process_id": 1}
   with pytest.raises(ValueError, match="AVL_PROCESS_ID"):
     cli.distributed_args({"AVL_NUM_PROCESSES": "2"})
+
+
+@pytest.mark.slow
+def test_async_checkpoints_equal_sync_ones(tiny_config, tmp_path):
+  """Orbax async saves (config.checkpoint_async='on') hold the same state and grain iterator as sync saves."""
+  config = _fast(tiny_config)
+  config.dataset.eval_splits = ()
+  config.num_train_steps = 4
+  for mode in ("off", "on"):
+    config.checkpoint_async = mode
+    train.train_and_evaluate(config, str(tmp_path / mode))
+  mesh = sharding.create_mesh(config.mesh)
+  abstract = train.build(config, mesh).abstract_state
+  for step in (2, 4):
+    states = [checkpointing.restore(checkpointing.create_manager(str(tmp_path / m), create=False), step, abstract)
+              for m in ("off", "on")]
+    for a, b in zip(jax.tree.leaves(states[0]), jax.tree.leaves(states[1])):
+      np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    iterators = [(tmp_path / m / "checkpoints" / str(step) / "data_iter" / "process_0-of-1.json").read_text()
+                 for m in ("off", "on")]
+    assert iterators[0] == iterators[1]
+  assert checkpointing.use_async("auto") == (jax.default_backend() != "cpu")
+  with pytest.raises(ValueError, match="checkpoint_async"):
+    checkpointing.use_async("yes")

@@ -26,8 +26,8 @@ from avl_jax import config_lib
 # configs keep 0.03.
 # loc_audio_grad=False (official: True): with oracle classes the localization loss's gradient into the audio path
 # is ~10x the audio classifier's and keeps that classifier at chance (measured: loss_bce_a stuck at H(0.25) =
-# 0.562; docs/switches.md). Without it, at 800 steps: audio mAP 0.735 on test_duet (chance 0.25), and silent or
-# shuffled audio lowers pixel AP from 0.447 to 0.319 / 0.315 (README, Demo results).
+# 0.562; docs/switches.md). Without it, at 800 steps: audio mAP 0.766 on test_duet (chance 0.25), and silent or
+# shuffled audio lowers pixel AP from 0.331 to 0.161 / 0.239 (README, Demo results).
 AVGN_SMALL = dict(resnet_width=16, resnet_blocks=(1, 1, 1, 1), dim=128, depth_vis=2, depth_aud=2, num_heads=4,
                   mlp_ratio=4.0, drop_path=0.1, tau=0.3, attn_assign="soft", loc_audio_grad=False,
                   class_source="oracle")

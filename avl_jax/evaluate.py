@@ -49,6 +49,7 @@ import numpy as np  # noqa: E402
 
 from avl_jax import checkpointing  # noqa: E402
 from avl_jax import eval_lib  # noqa: E402
+from avl_jax import families  # noqa: E402
 from avl_jax import input_pipeline  # noqa: E402
 from avl_jax import cli  # noqa: E402
 from avl_jax import logs  # noqa: E402
@@ -120,7 +121,8 @@ def ledger_path(workdir: str, output: str | None = None) -> str:
 
 
 def read_ledger(workdir: str, output: str | None = None) -> dict[int, dict[str, Any]]:
-  """{step: {'splits': [...], 'protocol', 'time', 'seconds'}} of the finished checkpoints ({} if none yet)."""
+  """{step: {'splits': [...], 'protocol', 'class_source', 'time', 'seconds'}} of the finished checkpoints ({} if
+  none yet). The entry of a step is that of its latest evaluation (a predicted-class run replaces an oracle one)."""
   path = ledger_path(workdir, output)
   if not os.path.exists(path):
     return {}
@@ -138,10 +140,11 @@ def write_ledger(workdir: str, ledger: dict[int, dict[str, Any]], output: str | 
     writers.write_json(ledger_path(workdir, output), {str(step): ledger[step] for step in sorted(ledger)})
 
 
-def pending_splits(ledger: dict[int, dict[str, Any]], step: int, splits, protocol: str) -> list[str]:
-  """The splits of `step` not yet evaluated under `protocol`."""
+def pending_splits(ledger: dict[int, dict[str, Any]], step: int, splits, protocol: str,
+                   class_source: str = "oracle") -> list[str]:
+  """The splits of `step` not yet evaluated under `protocol` with `class_source` (oracle or predicted classes)."""
   entry = ledger.get(step)
-  if entry is None or entry.get("protocol") != protocol:
+  if entry is None or entry.get("protocol") != protocol or entry.get("class_source", "oracle") != class_source:
     return list(splits)
   return [split for split in splits if split not in entry["splits"]]
 
@@ -162,6 +165,8 @@ class CheckpointEvaluator:
     self.log_tables = log_tables
     self.workdir = workdir
     self.output = eval_lib.output_dir(workdir, output)
+    # Oracle and predicted-class results of a step are different evaluations (result files side by side).
+    self.class_source = families.of(config).result_fields(config).get("class_source", "oracle")
     self.save_predictions = save_predictions
     prepare_output(self.output)
     self.manager = checkpointing.create_manager(workdir, create=False)
@@ -175,7 +180,8 @@ class CheckpointEvaluator:
     return sorted(self.manager.all_steps())
 
   def pending(self, step: int) -> list[str]:
-    return pending_splits(self.ledger, step, self.config.dataset.eval_splits, self.config.eval.protocol)
+    return pending_splits(self.ledger, step, self.config.dataset.eval_splits, self.config.eval.protocol,
+                          self.class_source)
 
   def _build(self):
     if self._built is None:
@@ -204,10 +210,12 @@ class CheckpointEvaluator:
     self._writer.flush()
     protocol = self.config.eval.protocol
     previous = self.ledger.get(step, {})
-    done = set(previous.get("splits", [])) if previous.get("protocol") == protocol else set()
+    same = previous.get("protocol") == protocol and previous.get("class_source", "oracle") == self.class_source
+    done = set(previous.get("splits", [])) if same else set()
     self.ledger[step] = {
         "splits": sorted(done | set(splits)),
         "protocol": protocol,
+        "class_source": self.class_source,
         "time": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "seconds": round(time.time() - start, 1),
     }

@@ -261,6 +261,11 @@ def test_pending_splits_follow_the_ledger():
   assert evaluate.pending_splits(ledger, 4, ("a", "b"), "official") == ["b"]
   assert evaluate.pending_splits(ledger, 2, ("a", "b"), "standard") == ["a", "b"]
   assert evaluate.pending_splits(ledger, 6, ("a",), "official") == ["a"]
+  # Predicted-class evaluations are not the oracle ones: an oracle entry leaves every split pending for them.
+  assert evaluate.pending_splits(ledger, 2, ("a", "b"), "official", "predicted") == ["a", "b"]
+  ledger[2]["class_source"] = "predicted"
+  assert evaluate.pending_splits(ledger, 2, ("a", "b"), "official", "predicted") == []
+  assert evaluate.pending_splits(ledger, 2, ("a", "b"), "official") == ["a", "b"]
 
 
 def test_watch_stops_at_the_final_step_or_after_the_timeout(tmp_path, tiny_config, monkeypatch):

@@ -47,8 +47,15 @@ def _leaf_paths(config: ml_collections.ConfigDict, prefix: str = "") -> list[str
   return paths
 
 
+# Fields that were renamed: a config or a command line with the old name is told the new one.
+RENAMED_FIELDS = {"eval.avgn_duet_gt_bug": "eval.official_duet_gt_bug"}
+
+
 def unknown_field_message(config: ml_collections.ConfigDict, override: str) -> str | None:
   """Why `override` ('a.b.c') names no field of `config`, with close matches; None if it names one."""
+  if override in RENAMED_FIELDS:
+    new = RENAMED_FIELDS[override]
+    return f"config.{override} was renamed to config.{new}; use --config.{new}."
   parts = override.split(".")
   node, walked = config, []
   for part in parts:

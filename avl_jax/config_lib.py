@@ -173,7 +173,7 @@ def base_config() -> ml_collections.ConfigDict:
       # Official AVGN vggsound_duet test GT (docs/metrics.md §2 defect i, needs protocol 'official'): source 0 is
       # scored against the partner's GT, source 1 against the partner's partner's. On in configs/avgn_vggsound_duet.py
       # to reproduce the official numbers; the correct GT otherwise.
-      avgn_duet_gt_bug=False,
+      official_duet_gt_bug=False,
       # Official T-VSL validate_multi quirk (docs/metrics.md §2 defect ii, protocol 'official', canvas test sets):
       # source-2 boxes are shifted by +224 in place in cached arrays, so every validation after the first in a
       # run (persistent loader workers) scores source 2 against an empty GT. True reproduces those numbers.
@@ -228,9 +228,9 @@ def avgn_paper_config(setting: str, arg: str | None) -> ml_collections.ConfigDic
   config.keep_checkpoints = 5
   config.log_every_steps = 100
   # The official VGGSound-Duet numbers were scored against the partners' GT (docs/metrics.md §2).
-  config.eval.avgn_duet_gt_bug = setting == "vggsound_duet"
+  config.eval.official_duet_gt_bug = setting == "vggsound_duet"
   if args.runlocal:
-    config.eval.avgn_duet_gt_bug = False  # synthetic_av has no fixed partners
+    config.eval.official_duet_gt_bug = False  # synthetic_av has no fixed partners
     config.model.update(RUNLOCAL_MODEL)
     ds.name = "synthetic_av/tiny"
     ds.num_classes = 8

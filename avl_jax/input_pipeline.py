@@ -505,7 +505,7 @@ def _real_eval_features(record: dict[str, Any], normalized: np.ndarray, num_sour
   padded_raw = np.full((cfg.max_boxes, 4), -1.0, np.float64)
   padded_raw[:raw_boxes.shape[0]] = raw_boxes
   out["boxes_raw"] = padded_raw
-  partner_id = np.zeros((64,), np.uint8)  # the fixed duet partner's id ('' if none), for avgn_duet_gt_bug
+  partner_id = np.zeros((64,), np.uint8)  # the fixed duet partner's id ('' if none), for official_duet_gt_bug
   raw_partner = record.get("partner_id", b"")
   raw_partner = (raw_partner if isinstance(raw_partner, bytes) else str(raw_partner).encode())[:64]
   partner_id[:len(raw_partner)] = np.frombuffer(raw_partner, np.uint8)

@@ -175,13 +175,13 @@ def test_eval_scores_real_configs_end_to_end(data_dirs, setting, tmp_path):
   result = eval_lib.evaluate_split(config, model, variables, mesh, str(tmp_path), 0, "test", localize_fn)
   assert result["num_items"] == 6 and np.isfinite(result["metrics"]["model"]["auc"])
   # The official AVGN Duet GT (partner, partner's partner) is on in the vggsound_duet paper config only.
-  assert config.eval.avgn_duet_gt_bug == (setting == "vggsound_duet")
+  assert config.eval.official_duet_gt_bug == (setting == "vggsound_duet")
   if setting == "vggsound_duet":
-    assert "partner_id" in pred and result["avgn_duet_gt_bug_missing"] >= 0
-    config.eval.avgn_duet_gt_bug = False
+    assert "partner_id" in pred and result["official_duet_gt_bug_missing"] >= 0
+    config.eval.official_duet_gt_bug = False
     fixed = eval_lib.evaluate_split(config, model, variables, mesh, str(tmp_path), 1, "test", localize_fn)
-    assert "avgn_duet_gt_bug_missing" not in fixed
+    assert "official_duet_gt_bug_missing" not in fixed
   else:
-    config.eval.avgn_duet_gt_bug = True
-    with pytest.raises(ValueError, match="avgn_duet_gt_bug"):
+    config.eval.official_duet_gt_bug = True
+    with pytest.raises(ValueError, match="official_duet_gt_bug"):
       eval_lib.evaluate_split(config, model, variables, mesh, str(tmp_path), 1, "test", localize_fn)

@@ -408,7 +408,7 @@ def _ids(names):
   return out
 
 
-def test_avgn_duet_gt_bug_scores_against_the_partners_gt():
+def test_official_duet_gt_bug_scores_against_the_partners_gt():
   """Official AVGN vggsound_duet GT: source 0 <- the partner's boxes, source 1 <- the partner's partner's boxes
   (here: a -> b -> c; c's partner is missing from the split, so its source 1 has no GT)."""
   boxes = np.full((3, 4, 4), -1.0, np.float32)
@@ -422,7 +422,7 @@ def test_avgn_duet_gt_bug_scores_against_the_partners_gt():
   pred = {"id": _ids([p[0] for p in pairs]), "partner_id": _ids([p[1] for p in pairs]), "boxes": boxes,
           "boxes_raw": boxes.astype(np.float64), "box_source": box_source,
           "source_class": np.zeros((3, 2), np.int32), "gt_format": "vggsound_duet"}
-  out, missing = eval_gt.avgn_duet_gt_bug(pred)
+  out, missing = eval_gt.official_duet_gt_bug(pred)
   assert missing == 1
   np.testing.assert_array_equal(out["boxes"][0, :2], [own["b"], own["c"]])  # a: partner b, b's partner c
   np.testing.assert_array_equal(out["box_source"][0, :2], [0, 1])

@@ -40,7 +40,7 @@ def test_paper_recipe(name):
   assert config.num_epochs == 100 and config.eval.protocol == "official"
   assert (config.dataset.image_size, config.dataset.resize_size, config.dataset.audio_seconds) == (224, 246, 3.0)
   assert config.model.loss_groups == 1 and config.model.bn_groups == 1
-  assert config.eval.avgn_duet_gt_bug == (name == "vggsound_duet")  # the official Duet numbers' GT
+  assert config.eval.official_duet_gt_bug == (name == "vggsound_duet")  # the official Duet numbers' GT
   with pytest.raises(ValueError, match="Unknown config argument 'runlcal'"):
     load_config(name, "runlcal")
 

@@ -219,6 +219,8 @@ def test_unknown_config_field_messages(tiny_config):
   assert "config.optimizer has no field 'lerning_rate'" in message and "'learning_rate'?" in message
   assert "is a value (int)" in cli.unknown_field_message(tiny_config, "batch_size.x")
   assert cli.unknown_field_message(tiny_config, "optimizer.learning_rate") is None
+  assert "renamed to config.eval.official_duet_gt_bug" in cli.unknown_field_message(tiny_config,
+                                                                                     "eval.avgn_duet_gt_bug")
 
 
 def test_binaries_report_config_mistakes_without_a_traceback(tiny_data_dir, tmp_path):

@@ -1,7 +1,7 @@
 """Ground truth of the eval items: each dataset's official GT format, its rules and quirks, canvas placement.
 
 `source_items` turns `eval_lib.predict_split`'s arrays into one GT map per (example, source) item; `apply_rules`
-applies the config's dataset GT rules first (today `config.eval.avgn_duet_gt_bug`, the official VGGSound-Duet
+applies the config's dataset GT rules first (today `config.eval.official_duet_gt_bug`, the official VGGSound-Duet
 test GT, docs/metrics.md §2); `place_on_canvas` puts each source's GT on its half of an [own | partner]
 canvas.
 """
@@ -18,14 +18,14 @@ from avl_jax.metrics import gt_maps
 def apply_rules(config: ml_collections.ConfigDict, pred: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
   """The config's dataset GT rules applied to `pred`; returns (pred, fields for the result JSON)."""
   extra = {}
-  if config.eval.get("avgn_duet_gt_bug", False):
+  if config.eval.get("official_duet_gt_bug", False):
     if pred.get("gt_format") != "vggsound_duet" or config.eval.protocol != "official":
-      raise ValueError("config.eval.avgn_duet_gt_bug reproduces the official code's vggsound_duet test GT "
+      raise ValueError("config.eval.official_duet_gt_bug reproduces the official code's vggsound_duet test GT "
                        "(docs/metrics.md §2): it needs a vggsound/duet dataset and protocol='official' (got "
                        f"gt_format={pred.get('gt_format')!r}, "
                        f"protocol={config.eval.protocol!r}).")
-    pred, missing = avgn_duet_gt_bug(pred)
-    extra["avgn_duet_gt_bug_missing"] = int(sharding.gather_rows(np.asarray([missing])).sum())
+    pred, missing = official_duet_gt_bug(pred)
+    extra["official_duet_gt_bug_missing"] = int(sharding.gather_rows(np.asarray([missing])).sum())
   return pred, extra
 
 
@@ -79,7 +79,7 @@ def item_gt_map(pred: dict[str, Any], i: int, s: int, protocol: str) -> tuple[np
   return gt_maps.pixel_boxes_to_gt_map(pixels.reshape(-1, 4), gt_format, protocol).astype(np.float32), nbox
 
 
-def avgn_duet_gt_bug(pred: dict[str, Any]) -> tuple[dict[str, Any], int]:
+def official_duet_gt_bug(pred: dict[str, Any]) -> tuple[dict[str, Any], int]:
   """The official vggsound_duet test GT (docs/metrics.md §2, defect i): source 0 is scored against the GT of
   the *partner* and source 1 against the GT of the partner's partner (the partner's own csv row).
 

@@ -94,6 +94,13 @@ def explain_config_error(argv: list[str], error: Exception) -> str | None:
   return f"--config={spec}: {type(error).__name__}: {error}" if isinstance(error, (ValueError, TypeError)) else None
 
 
+def fail(error: Exception | str, code: int = USAGE_ERROR) -> None:
+  """Ends a binary with one line on stderr (also logged) and exit `code`: the message, never a traceback."""
+  logging.error("%s", error)
+  print(f"error: {error}", file=sys.stderr)
+  sys.exit(code)
+
+
 def parse_flags(argv: list[str]) -> list[str]:
   """absl's flag parsing (usage errors as usual); config-file and config-override mistakes exit 2 with a message."""
   try:

@@ -32,7 +32,6 @@ import collections.abc
 import datetime
 import json
 import os
-import sys
 import time
 from typing import Any
 
@@ -416,11 +415,6 @@ def _print_results(results: dict[str, Any]) -> None:
     print(f"\n{writers.format_result(result, name)}")
 
 
-def _fail(error: Exception, code: int) -> None:
-  logging.error("%s", error)
-  print(f"error: {error}", file=sys.stderr)
-  sys.exit(code)
-
 
 def summarize(workdir: str, splits: list[str] | None = None, output: str | None = None) -> str:
   """`--summarize`: the comparison tables of the newest results in the eval directory, one per split."""
@@ -482,14 +476,14 @@ def main(argv):
   try:
     _run()
   except predictions.PredictionsError as e:
-    _fail(e, 2)
+    cli.fail(e, 2)
   except (FileNotFoundError, input_pipeline.DataError, resolve.ConfigError, writers.OutputNotWritableError,
           checkpointing.CheckpointMismatchError, checkpointing.DamagedCheckpointError) as e:
-    _fail(e, 1)
+    cli.fail(e, 1)
   except ValueError as e:
     if not _WEIGHTS.value:
       raise
-    _fail(e, 1)
+    cli.fail(e, 1)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ Exit codes: 0 success; 1 bad flags; 2 a bad input (a file without a video or aud
 a clip shorter than the model's window, a missing workdir, checkpoint or weights, an unknown class name).
 """
 import os
-import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -109,11 +108,6 @@ def _run() -> None:
   print(message)
 
 
-def _fail(error: Exception, code: int) -> None:
-  logging.error("%s", error)
-  print(f"error: {error}", file=sys.stderr)
-  sys.exit(code)
-
 
 def main(argv):
   if len(argv) > 1:
@@ -126,9 +120,9 @@ def main(argv):
     else:
       _run()
   except localize_lib.LocalizeError as e:
-    _fail(e, 2)
+    cli.fail(e, 2)
   except resolve.ConfigError as e:
-    _fail(e, 1)
+    cli.fail(e, 1)
 
 
 if __name__ == "__main__":

@@ -14,13 +14,11 @@ and training resumes from the newest one that restores. WORKDIR/config.json is t
 when a rerun changes it, the old one is kept as config-before-{step}.json.
 """
 import os
-import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
-from absl import logging  # noqa: E402
 import jax  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
@@ -45,10 +43,7 @@ def main(argv):
   try:
     train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except (resolve.ConfigError, FileNotFoundError, checkpointing.CheckpointMismatchError) as e:
-    # Mistakes in the config, the data or the workdir: one clear message, found before any training.
-    logging.error("%s", e)
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
+    cli.fail(e, 1)  # mistakes in the config, the data or the workdir: one clear message, before any training
 
 
 if __name__ == "__main__":

@@ -81,6 +81,9 @@ def base_config() -> ml_collections.ConfigDict:
       # k = split the global batch into k groups, e.g. the official run's GPU count.
       loss_groups=1,             # contrastive negatives per group of the batch
       bn_groups=1,               # BatchNorm batch statistics per group of the batch (1 = SyncBN)
+      dtype="float32",           # compute dtype: 'bfloat16' keeps params, BatchNorm statistics, softmaxes,
+                                 # the audio front end, losses and maps in float32
+      remat=False,               # rematerialise ResNet / attention / grouping blocks in the backward pass
   ))
 
   # Data: any dataset in the shared schema (avl_jax/datasets/schema.py).
@@ -301,7 +304,7 @@ def tvsl_paper_config(setting: str, arg: str | None, *, model: str = "tvsl") -> 
     config.model = ml_collections.ConfigDict(dict(
         dim=512, depth_vis=3, depth_aud=3, num_heads=8, mlp_ratio=4.0, drop_path=0.1, tau=0.03,
         attn_assign="soft", loss_groups=1, bn_groups=1, bn_mode="train_stats", audio_scale="official",
-        pos_interp="grid_2d", dtype="float32"))
+        pos_interp="grid_2d", dtype="float32", remat=False))
   else:
     config.model = ml_collections.ConfigDict(dict(
         bn_mode="train_stats", bn_groups=1, audio_scale="official", pos_interp="official_1d",

@@ -109,6 +109,8 @@ def _check_model(config: ml_collections.ConfigDict) -> None:
   if "dim" in model and "num_heads" in model and model.dim % model.num_heads:
     raise ConfigError(f"config.model.dim={model.dim} is not divisible by config.model.num_heads="
                       f"{model.num_heads}: each attention head gets dim / num_heads channels.")
+  if "dtype" in model:
+    _choice("model.dtype", model.dtype, ("float32", "bfloat16"))
   if "tau" in model:
     _float(config, "model.tau", model.tau, 0.0, low_open=True)
   if "drop_path" in model:

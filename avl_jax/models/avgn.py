@@ -56,6 +56,8 @@ class ModalityTransformer(nn.Module):
     hard_assign: hard (Gumbel, straight-through) assignment in the GroupingBlock.
     with_han_params: also create the inert `han_encoder` parameters (official audio encoder layout).
     dtype: computation dtype.
+    remat: rematerialise every AttnBlock and the GroupingBlock (`nn.remat`); same parameters, values equal up
+      to float rounding.
   """
   depth: int
   num_heads: int
@@ -64,6 +66,7 @@ class ModalityTransformer(nn.Module):
   hard_assign: bool = False
   with_han_params: bool = False
   dtype: Any = jnp.float32
+  remat: bool = False
 
   @nn.compact
   def __call__(self, tokens: jax.Array, class_tokens: jax.Array, *, train: bool) -> jax.Array:
@@ -71,10 +74,13 @@ class ModalityTransformer(nn.Module):
     batch, length, width = tokens.shape
     class_tokens = jnp.broadcast_to(class_tokens.astype(self.dtype), (batch,) + class_tokens.shape)
     sequence = jnp.concatenate([tokens.astype(self.dtype), class_tokens], axis=1)
+    # Under remat `train` is a static positional argument: (self, tokens, train) / (self, tokens, classes, train).
+    attn_block = layers.maybe_remat(transformer.AttnBlock, self.remat, static_argnums=(2,))
+    grouping_block = layers.maybe_remat(grouping.GroupingBlock, self.remat, static_argnums=(3,))
     for index in range(self.depth):
-      sequence = transformer.AttnBlock(
+      sequence = attn_block(
           self.num_heads, self.mlp_ratio, self.drop_path, dtype=self.dtype, name=f'blocks_{index}')(
-              sequence, train=train)
+              sequence, train)
     tokens, class_tokens = sequence[:, :length], sequence[:, length:]
     self.sow('intermediates', 'tokens_after_blocks', tokens)
     self.sow('intermediates', 'group_tokens_after_blocks', class_tokens)
@@ -82,10 +88,10 @@ class ModalityTransformer(nn.Module):
       # Only materialises the dead branch's parameters so official checkpoints round-trip.
       han_tokens = jnp.zeros((batch, HAN_GROUP_TOKENS, width), self.dtype)
       grouping.GroupingBlock(self.num_heads, self.mlp_ratio, dtype=self.dtype, name='han_encoder')(
-          tokens, han_tokens, train=False)
-    return grouping.GroupingBlock(
+          tokens, han_tokens, False)
+    return grouping_block(
         self.num_heads, self.mlp_ratio, hard=self.hard_assign, dtype=self.dtype, name='grouping')(
-            tokens, class_tokens, train=train)
+            tokens, class_tokens, train)
 
 
 class AVGN(ezvsl.DualEncoder):
@@ -120,7 +126,11 @@ class AVGN(ezvsl.DualEncoder):
     top_k: K of predicted-class inference; None = as many as the given class_ids have.
     score_threshold: predicted mode: slots whose probability is below it are invalid (the best class always
       stays), so the number of sources per sample varies up to K.
-    dtype: computation dtype.
+    dtype: computation dtype of the encoders and transformers (e.g. bfloat16). Parameters, BatchNorm statistics,
+      the log spectrogram, the L2-normalised features, softmaxes, LayerNorm statistics, the class heads
+      (fc_cls, fc_prob_a, fc_prob_v), all losses, logits and maps are float32 whatever it is.
+    remat: rematerialise the ResNet blocks, AttnBlocks and GroupingBlocks (`nn.remat`): less activation
+      memory, more compute in the backward pass; the same parameters and (up to float rounding) values.
     audio_input: 'waveform' (the model computes the log spectrogram) | 'spectrogram' (given, as the official
       code's input; parity tests).
     sample_rate: Hz of the waveform.
@@ -147,6 +157,7 @@ class AVGN(ezvsl.DualEncoder):
   top_k: int | None = None
   score_threshold: float | None = None
   dtype: Any = jnp.float32
+  remat: bool = False
   audio_input: str = 'waveform'
   sample_rate: float = 16000.0
 
@@ -161,13 +172,15 @@ class AVGN(ezvsl.DualEncoder):
     self.av_token = self.param('av_token', nn.initializers.zeros, (self.num_classes, self.dim), jnp.float32)
     hard = self.attn_assign == 'hard'
     self.visual_encoder = ModalityTransformer(
-        self.depth_vis, self.num_heads, self.mlp_ratio, self.drop_path, hard_assign=hard, dtype=self.dtype)
+        self.depth_vis, self.num_heads, self.mlp_ratio, self.drop_path, hard_assign=hard, dtype=self.dtype,
+        remat=self.remat)
     self.audio_encoder = ModalityTransformer(
         self.depth_aud, self.num_heads, self.mlp_ratio, self.drop_path, hard_assign=hard,
-        with_han_params=self.with_han_params, dtype=self.dtype)
-    self.fc_cls = layers.dense(self.num_classes, dtype=self.dtype)
-    self.fc_prob_a = layers.dense(1, dtype=self.dtype)
-    self.fc_prob_v = layers.dense(1, dtype=self.dtype)
+        with_han_params=self.with_han_params, dtype=self.dtype, remat=self.remat)
+    # The class heads read float32 vectors and compute in float32 (their logits feed the losses).
+    self.fc_cls = layers.dense(self.num_classes, dtype=jnp.float32)
+    self.fc_prob_a = layers.dense(1, dtype=jnp.float32)
+    self.fc_prob_v = layers.dense(1, dtype=jnp.float32)
 
   def _audio_class_vectors(self, aud_feat: jax.Array, *, train: bool) -> jax.Array:
     """aud_feat [B, D] -> xa [B, C, D] (float32): the audio token grouped into every class."""

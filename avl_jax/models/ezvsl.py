@@ -94,7 +94,11 @@ class DualEncoder(nn.Module):
   """Base class: the two ResNet-18 encoders with projections. Not a model by itself.
 
   Subclasses declare the fields resnet_width, resnet_blocks, image_strides, dim, bn_groups, bn_momentum, torch_running_var,
-  dtype, audio_input, sample_rate, and call `setup_encoders()` from `setup()`.
+  dtype, remat, audio_input, sample_rate, and call `setup_encoders()` from `setup()`.
+
+  Mixed precision (dtype = bfloat16): the ResNets, projections and transformers compute in `dtype`; parameters
+  and BatchNorm statistics are float32, and the log spectrogram, the L2 norms of the features (returned as
+  float32), the softmaxes, LayerNorm statistics, the losses, logits and maps are float32.
   """
 
   def audio_features(self, audio: jax.Array) -> jax.Array:
@@ -113,11 +117,13 @@ class DualEncoder(nn.Module):
     self.imgnet = resnet.ResNet(
         width=self.resnet_width, blocks=tuple(self.resnet_blocks), strides=tuple(self.image_strides),
         bn_momentum=self.bn_momentum,
-        torch_running_var=self.torch_running_var, bn_groups=self.bn_groups, dtype=self.dtype)
+        torch_running_var=self.torch_running_var, bn_groups=self.bn_groups, dtype=self.dtype,
+        remat=self.remat)
     self.audnet = resnet.ResNet(
         width=self.resnet_width, blocks=tuple(self.resnet_blocks), global_max_pool=True,
         bn_scale_init=layers.normal_around_one(0.02), bn_momentum=self.bn_momentum,
-        torch_running_var=self.torch_running_var, bn_groups=self.bn_groups, dtype=self.dtype)
+        torch_running_var=self.torch_running_var, bn_groups=self.bn_groups, dtype=self.dtype,
+        remat=self.remat)
     backbone_width = self.resnet_width * 2**(len(self.resnet_blocks) - 1)
     # The official re-init leaves the conv bias at PyTorch's default U(+-1/sqrt(fan_in)).
     self.img_proj = nn.Conv(
@@ -134,7 +140,7 @@ class DualEncoder(nn.Module):
       train: batch statistics (train) or running statistics (eval) in the BatchNorms.
 
     Returns:
-      img_feat [B, h, w, D] and aud_feat [B, D], both L2-normalised over D.
+      img_feat [B, h, w, D] and aud_feat [B, D], both L2-normalised over D, float32.
     """
     img_backbone = self.imgnet(image.astype(self.dtype), train=train)
     self.sow('intermediates', 'img_backbone', img_backbone)
@@ -144,7 +150,7 @@ class DualEncoder(nn.Module):
     self.sow('intermediates', 'aud_backbone', aud_backbone)
     aud_proj = self.aud_proj(aud_backbone)
     self.sow('intermediates', 'aud_projected', aud_proj)
-    return layers.l2_normalize(img_proj), layers.l2_normalize(aud_proj)
+    return layers.l2_normalize(img_proj.astype(jnp.float32)), layers.l2_normalize(aud_proj.astype(jnp.float32))
 
 
 class EZVSL(DualEncoder):
@@ -163,7 +169,8 @@ class EZVSL(DualEncoder):
       k = the official per-GPU statistics on k GPUs).
     bn_momentum: Flax-convention BatchNorm momentum (0.9 = PyTorch 0.1).
     torch_running_var: PyTorch-style unbiased running-variance update.
-    dtype: computation dtype.
+    dtype: computation dtype (DualEncoder: parameters, statistics, features, loss and maps stay float32).
+    remat: rematerialise the ResNet blocks (`resnet.ResNet.remat`).
     audio_input: 'waveform' (the model computes the log spectrogram) | 'spectrogram' (given).
     sample_rate: Hz of the waveform (the spectrogram's frequency scaling).
   """
@@ -178,6 +185,7 @@ class EZVSL(DualEncoder):
   bn_momentum: float = 0.9
   torch_running_var: bool = True
   dtype: Any = jnp.float32
+  remat: bool = False
   audio_input: str = 'waveform'
   sample_rate: float = 16000.0
 

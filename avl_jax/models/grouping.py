@@ -28,8 +28,8 @@ class CrossAttention(nn.Module):
     query = split_heads(layers.dense(width, name='q_proj', dtype=self.dtype)(queries))
     key = split_heads(layers.dense(width, name='k_proj', dtype=self.dtype)(keys))
     value = split_heads(layers.dense(width, name='v_proj', dtype=self.dtype)(keys))
-    logits = jnp.einsum('bcnk,blnk->bncl', query, key) * head_width**-0.5
-    weights = jax.nn.softmax(logits, axis=-1)
+    logits = jnp.einsum('bcnk,blnk->bncl', query, key, preferred_element_type=jnp.float32) * head_width**-0.5
+    weights = layers.softmax(logits, -1, self.dtype)
     attended = jnp.einsum('bncl,blnk->bcnk', weights, value).reshape(batch, num_queries, width)
     return layers.dense(width, name='proj', dtype=self.dtype)(attended)
 
@@ -64,7 +64,7 @@ class AssignAttention(nn.Module):
   Attributes:
     hard: straight-through hard assignment instead of the soft one.
     gumbel_tau: Gumbel-softmax temperature (train, hard only).
-    dtype: computation dtype.
+    dtype: computation dtype of the projections (the assignment itself is float32, also sown as float32).
   """
   hard: bool = False
   gumbel_tau: float = 1.0
@@ -82,7 +82,8 @@ class AssignAttention(nn.Module):
     query = layers.dense(width, name='q_proj', dtype=self.dtype)(class_tokens)
     key = layers.dense(width, name='k_proj', dtype=self.dtype)(tokens)
     value = layers.dense(width, name='v_proj', dtype=self.dtype)(tokens)
-    raw = jnp.einsum('bcd,bld->bcl', query, key) * width**-0.5
+    # The assignment (softmax over c, Gumbel noise, one-hot, renormalisation) is computed in float32.
+    raw = jnp.einsum('bcd,bld->bcl', query, key, preferred_element_type=jnp.float32) * width**-0.5
     soft = jax.nn.softmax(raw, axis=1)
     self.sow('intermediates', 'assign_soft', soft)
     if not self.hard:
@@ -95,7 +96,7 @@ class AssignAttention(nn.Module):
     self.sow('intermediates', 'assignment', assignment)
     # assign_eps = 1: a class token that receives little mass stays small instead of being renormalised.
     assignment = assignment / (jnp.sum(assignment, axis=-1, keepdims=True) + 1.0)
-    grouped = jnp.einsum('bcl,bld->bcd', assignment, value)
+    grouped = jnp.einsum('bcl,bld->bcd', assignment.astype(self.dtype), value)
     return layers.dense(width, name='proj', dtype=self.dtype)(grouped)
 
 
@@ -110,7 +111,7 @@ class GroupingBlock(nn.Module):
     mlp_ratio: hidden / D of the channel MLPs.
     token_mlp_ratio: hidden / D of the token-axis MLP (0.5 in AVGN).
     hard: hard (Gumbel, straight-through) assignment.
-    dtype: computation dtype.
+    dtype: computation dtype (attention / assignment softmaxes and LayerNorm statistics stay float32).
   """
   num_heads: int
   mlp_ratio: float = 4.0
@@ -119,8 +120,11 @@ class GroupingBlock(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, tokens: jax.Array, class_tokens: jax.Array, *, train: bool) -> jax.Array:
-    """tokens [B, L, D], class_tokens [B, C, D] -> grouped class features [B, C, D]."""
+  def __call__(self, tokens: jax.Array, class_tokens: jax.Array, train: bool) -> jax.Array:
+    """tokens [B, L, D], class_tokens [B, C, D] -> grouped class features [B, C, D].
+
+    `train` may be passed positionally (static argument 3 under nn.remat).
+    """
     width = class_tokens.shape[-1]
     num_classes = class_tokens.shape[1]
     class_tokens = layers.layer_norm(name='norm_tokens', dtype=self.dtype)(class_tokens)

@@ -2,6 +2,10 @@
 
 Axis letters: B batch, H height, W width, L tokens, D channels/width.
 
+Mixed precision (`dtype` of the models): parameters are float32 (Flax's param_dtype), BatchNorm statistics, LayerNorm
+statistics and softmaxes are computed in float32 whatever the computation dtype (`softmax`; Flax's LayerNorm
+reduces in float32 and casts its output to `dtype`).
+
 Flax defaults differ from PyTorch in several places that change numbers (docs/avgn.md §15): LayerNorm eps
 (1e-6 vs 1e-5), GELU (tanh vs erf), BatchNorm's running variance (biased vs unbiased) and truncated-normal
 initialisers (cut at 2 sigma vs an absolute 2). Everything here uses the PyTorch behaviour.
@@ -49,6 +53,21 @@ def dense(features: int, *, name: str | None = None, dtype: Any = jnp.float32) -
   """A Linear layer with the transformer init of docs/avgn.md §5 step 3: weight N(0, 0.02^2), bias 0."""
   return nn.Dense(
       features, dtype=dtype, kernel_init=dense_kernel_init, bias_init=nn.initializers.zeros, name=name)
+
+
+def maybe_remat(module_class: type[nn.Module], enabled: bool, static_argnums: tuple[int, ...]) -> type[nn.Module]:
+  """`nn.remat(module_class)` (activations recomputed in the backward pass) if enabled, else the class itself.
+
+  static_argnums count `self` as 0 (Flax's convention): e.g. (2,) for `__call__(self, x, train)`. The static
+  arguments must be passed positionally (`nn.remat` specialises positional arguments only). The remat'd class
+  keeps the module's name, so its parameters and statistics are the same tree as without remat.
+  """
+  return nn.remat(module_class, static_argnums=static_argnums) if enabled else module_class
+
+
+def softmax(logits: jax.Array, axis: int, dtype: Any) -> jax.Array:
+  """Softmax of `logits` computed in float32 (at least), cast to `dtype` (the computation dtype)."""
+  return jax.nn.softmax(logits.astype(jnp.promote_types(logits.dtype, jnp.float32)), axis=axis).astype(dtype)
 
 
 def layer_norm(*, name: str, dtype: Any = jnp.float32) -> nn.LayerNorm:

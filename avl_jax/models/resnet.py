@@ -45,8 +45,9 @@ class BasicBlock(nn.Module):
         scale_init=self.bn_scale_init, dtype=self.dtype, name=name)
 
   @nn.compact
-  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-    """x [B, H, W, D_in] -> [B, ceil(H / s), ceil(W / s), features]."""
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    """x [B, H, W, D_in] -> [B, ceil(H / s), ceil(W / s), features]. `train` may be passed positionally
+    (static argument 2 under nn.remat)."""
     residual = x
     y = _conv(self.features, 3, self.strides, 1, name='conv1', kernel_init=self.conv_init,
               dtype=self.dtype)(x)
@@ -78,7 +79,9 @@ class ResNet(nn.Module):
     torch_running_var: PyTorch-style running-variance update.
     bn_groups: per-group batch statistics (layers.BatchNorm.groups; 1 = the whole batch).
     conv_init: initialiser of every conv kernel (Kaiming fan_out normal in both cases).
-    dtype: computation dtype.
+    dtype: computation dtype (parameters and BatchNorm statistics stay float32).
+    remat: rematerialise every BasicBlock (`nn.remat`): its activations are recomputed in the backward pass
+      instead of being kept; same parameters, values equal up to float rounding.
   """
   width: int = 64
   blocks: Sequence[int] = (2, 2, 2, 2)
@@ -90,6 +93,7 @@ class ResNet(nn.Module):
   bn_groups: int = 1
   conv_init: layers.Initializer = layers.kaiming_fan_out_normal
   dtype: Any = jnp.float32
+  remat: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
@@ -104,14 +108,15 @@ class ResNet(nn.Module):
     x = nn.relu(x)
     # reduce_window pads with its init value, -inf, exactly like PyTorch's MaxPool2d padding.
     x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    block_class = layers.maybe_remat(BasicBlock, self.remat, static_argnums=(2,))  # (self, x, train)
     for stage, num_blocks in enumerate(self.blocks):
       features = self.width * 2**stage
       for index in range(num_blocks):
-        x = BasicBlock(
+        x = block_class(
             features, strides=self.strides[stage] if index == 0 else 1, bn_scale_init=self.bn_scale_init,
             bn_momentum=self.bn_momentum, torch_running_var=self.torch_running_var,
             bn_groups=self.bn_groups, conv_init=self.conv_init, dtype=self.dtype,
-            name=f'layer{stage + 1}_{index}')(x, train=train)
+            name=f'layer{stage + 1}_{index}')(x, train)
       self.sow('intermediates', f'layer{stage + 1}', x)
     if self.global_max_pool:
       x = layers.max_over_axes(x, (1, 2))

@@ -28,8 +28,9 @@ class Attention(nn.Module):
     qkv = layers.dense(3 * width, name='qkv', dtype=self.dtype)(x)
     qkv = qkv.reshape(batch, length, 3, self.num_heads, head_width)
     query, key, value = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-    logits = jnp.einsum('blnk,bmnk->bnlm', query, key) * head_width**-0.5
-    weights = jax.nn.softmax(logits, axis=-1)
+    # Logits accumulated and softmaxed in float32, the weights cast back to the computation dtype.
+    logits = jnp.einsum('blnk,bmnk->bnlm', query, key, preferred_element_type=jnp.float32) * head_width**-0.5
+    weights = layers.softmax(logits, -1, self.dtype)
     attended = jnp.einsum('bnlm,bmnk->blnk', weights, value).reshape(batch, length, width)
     return layers.dense(width, name='proj', dtype=self.dtype)(attended)
 
@@ -41,7 +42,7 @@ class AttnBlock(nn.Module):
     num_heads: attention heads.
     mlp_ratio: MLP hidden width / D.
     drop_path: stochastic-depth rate of both branches (train only; 'dropout' RNG stream).
-    dtype: computation dtype.
+    dtype: computation dtype (the attention logits and softmax are float32; LayerNorm statistics too).
   """
   num_heads: int
   mlp_ratio: float = 4.0
@@ -49,8 +50,8 @@ class AttnBlock(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, tokens: jax.Array, *, train: bool) -> jax.Array:
-    """tokens [B, L, D] -> [B, L, D]."""
+  def __call__(self, tokens: jax.Array, train: bool) -> jax.Array:
+    """tokens [B, L, D] -> [B, L, D]. `train` may be passed positionally (static argument 2 under nn.remat)."""
     width = tokens.shape[-1]
     drop_path = layers.DropPath(self.drop_path)
     attended = Attention(self.num_heads, dtype=self.dtype, name='attn')(

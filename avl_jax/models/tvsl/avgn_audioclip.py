@@ -84,4 +84,4 @@ class AVGNAudioCLIP(avgn.AVGN):
     self.sow('intermediates', 'img_projected', img_proj)
     aud_proj = self.aud_proj(self.audioclip.encode_audio(waveform, train=tower_train).astype(self.dtype))
     self.sow('intermediates', 'aud_projected', aud_proj)
-    return layers.l2_normalize(img_proj), layers.l2_normalize(aud_proj)
+    return (layers.l2_normalize(img_proj.astype(jnp.float32)), layers.l2_normalize(aud_proj.astype(jnp.float32)))

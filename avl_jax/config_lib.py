@@ -9,6 +9,7 @@ import types
 
 import ml_collections
 
+from avl_jax.metrics import postprocess
 from avl_jax.models.tvsl import params as tvsl_params
 
 
@@ -74,7 +75,7 @@ def base_config() -> ml_collections.ConfigDict:
       num_heads=8,
       mlp_ratio=4.0,
       drop_path=0.1,
-      tau=0.03,                  # contrastive temperature (also the fixed-range map normalisation)
+      tau=postprocess.OFFICIAL_TAU,  # contrastive temperature (also the fixed-range map normalisation)
       attn_assign="soft",        # 'soft' (paper README) | 'hard' (Gumbel straight-through)
       # Official-behaviour switches (docs/avgn.md §2.3, §8). The official DDP run used per-GPU negatives and
       # per-GPU BatchNorm statistics; 1 = the whole global batch (our default, device-count independent),
@@ -302,7 +303,7 @@ def tvsl_paper_config(setting: str, arg: str | None, *, model: str = "tvsl") -> 
   if args.model == "avgn_audioclip":
     # AVGN's grouping head (paper widths, docs/avgn.md) on the frozen towers; one CLIP-normalised frame.
     config.model = ml_collections.ConfigDict(dict(
-        dim=512, depth_vis=3, depth_aud=3, num_heads=8, mlp_ratio=4.0, drop_path=0.1, tau=0.03,
+        dim=512, depth_vis=3, depth_aud=3, num_heads=8, mlp_ratio=4.0, drop_path=0.1, tau=postprocess.OFFICIAL_TAU,
         attn_assign="soft", loss_groups=1, bn_groups=1, bn_mode="train_stats", audio_scale="official",
         pos_interp="grid_2d", dtype="float32", remat=False))
   else:

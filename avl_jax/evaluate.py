@@ -103,7 +103,7 @@ _MAP_RANGE = flags.DEFINE_enum(
     "(fixed range +-1/tau), 'unit' (scores in [0, 1]), 'minmax' (anything; per-map min-max). Default: the "
     "file's `map_range`, else minmax. Only the confidence (slavc_ap, f1) depends on it.")
 _TAU = flags.DEFINE_float("tau", None, "With --predictions and map_range=logits: temperature (default: the file's "
-                          "`tau`, else 0.03).")
+                          "`tau`, else the official %g)." % predictions.DEFAULT_TAU)
 _BASELINES = flags.DEFINE_boolean(
     "baselines", True, "With --predictions: also score the centre-prior and random maps at the maps' resolution.")
 _NUM_VISUALIZE = flags.DEFINE_integer(

@@ -56,7 +56,7 @@ def _reference_pixel_ap(labels: np.ndarray, scores: np.ndarray) -> float:
   return float(np.sum(positives / num_pos * (tp / total)))
 
 
-def reference_scores(raw: np.ndarray, gt: np.ndarray, tau: float = 0.03) -> dict[str, np.ndarray]:
+def reference_scores(raw: np.ndarray, gt: np.ndarray, tau: float = postprocess.OFFICIAL_TAU) -> dict[str, np.ndarray]:
   """Naive per-map loop: ciou, piap_official, pixel_ap and conf for each map."""
   out = {k: np.zeros(len(raw)) for k in ("ciou", "piap_official", "pixel_ap", "conf")}
   for n in range(len(raw)):

@@ -207,7 +207,7 @@ def score_predictions(pred: np.ndarray, gt: np.ndarray, nbox: np.ndarray, conf: 
 
 
 def score_maps(raw_maps: np.ndarray, gt: np.ndarray, nbox: np.ndarray, *, protocol: str = "official",
-               tau: float = 0.03, map_range: str = "logits", binarize: str = "median",
+               tau: float = postprocess.OFFICIAL_TAU, map_range: str = "logits", binarize: str = "median",
                fixed_threshold: float = postprocess.TVSL_THRESHOLD, chunk_size: int = DEFAULT_CHUNK,
                num_threads: Optional[int] = None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
   """Scores raw localization maps against GT maps: AVGN post-processing, per-map values, summary.

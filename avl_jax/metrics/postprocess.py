@@ -24,6 +24,10 @@ AVGN_OUT_HW = (224, 224)
 TVSL_THRESHOLD = 0.3
 MAP_RANGES = ("logits", "unit", "minmax")  # What raw map values are; see `map_scores`.
 
+# The official AVGN / EZ-VSL temperature: the only place its value is written (models, configs and metric
+# defaults refer to it; docs/avgn.md §6).
+OFFICIAL_TAU = 0.03
+
 
 def _cubic_coefficients(t: np.ndarray, a: float) -> np.ndarray:
   """Returns the 4 tap weights [4, ...] for fractional offsets t, in t's dtype (torch's Horner forms)."""
@@ -152,7 +156,7 @@ def minmax_normalize(values: np.ndarray) -> np.ndarray:
   return out.reshape(values.shape)
 
 
-def avgn_scores(upsampled: np.ndarray, tau: float = 0.03) -> np.ndarray:
+def avgn_scores(upsampled: np.ndarray, tau: float = OFFICIAL_TAU) -> np.ndarray:
   """Fixed-range scores (U + 1/tau) / (2/tau), not clipped, in float32 like the official numpy-2 code.
 
   The official `min_max_norm(avl_map, -1/tau, 1/tau)` computes its constants in Python doubles that numpy 2
@@ -165,7 +169,7 @@ def avgn_scores(upsampled: np.ndarray, tau: float = 0.03) -> np.ndarray:
   return scores
 
 
-def map_scores(upsampled: np.ndarray, map_range: str = "logits", tau: float = 0.03) -> np.ndarray:
+def map_scores(upsampled: np.ndarray, map_range: str = "logits", tau: float = OFFICIAL_TAU) -> np.ndarray:
   """Scores [N, H, W] float32 of upsampled maps, by what the raw values are (conf is their top-quarter mean).
 
   Args:
@@ -243,7 +247,7 @@ def upsample_to(raw_maps: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
   return upsample_bicubic(raw_maps, out_hw, align_corners=False)
 
 
-def avgn_official(raw_maps: np.ndarray, tau: float = 0.03,
+def avgn_official(raw_maps: np.ndarray, tau: float = OFFICIAL_TAU,
                   out_hw: tuple[int, int] = AVGN_OUT_HW) -> dict[str, np.ndarray]:
   """AVGN `validate` post-processing (docs/metrics.md §1.1), float32 throughout.
 

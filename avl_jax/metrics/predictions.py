@@ -46,7 +46,7 @@ PROTOCOLS = ("official", "standard")
 KEYS = ("maps", "gt_maps", "boxes", "box_format", "box_combine", "num_boxes", "num_sources", "class_ids", "ids",
         "map_range", "tau", "step", "frames")
 DEFAULT_MAP_RANGE = "minmax"
-DEFAULT_TAU = 0.03
+DEFAULT_TAU = postprocess.OFFICIAL_TAU
 GT_CHUNK = 256  # items rasterised at a time (box_counts holds an int64 [chunk, H + 1, W + 1] array)
 
 
@@ -254,7 +254,7 @@ def load(path: str, protocol: str = "official", map_range: str | None = None,
     path: the .npz file.
     protocol: 'official' | 'standard' (box clipping and the 'sum' combine rule, module docstring).
     map_range: overrides the file's `map_range` (default: the file's, else 'minmax').
-    tau: overrides the file's `tau` (default: the file's, else 0.03).
+    tau: overrides the file's `tau` (default: the file's, else DEFAULT_TAU).
 
   Returns:
     Items.

@@ -14,6 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from avl_jax.metrics import postprocess
 from avl_jax.models import ezvsl
 from avl_jax.models import grouping
 from avl_jax.models import layers
@@ -145,7 +146,7 @@ class AVGN(ezvsl.DualEncoder):
   num_heads: int = 8
   mlp_ratio: float = 4.0
   drop_path: float = 0.1
-  tau: float = 0.03
+  tau: float = postprocess.OFFICIAL_TAU
   attn_assign: str = 'soft'
   loc_audio_grad: bool = True
   with_han_params: bool = False

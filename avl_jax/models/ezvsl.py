@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from avl_jax import audio as audio_lib
+from avl_jax.metrics import postprocess
 from avl_jax.models import layers
 from avl_jax.models import resnet
 
@@ -179,7 +180,7 @@ class EZVSL(DualEncoder):
   resnet_blocks: Sequence[int] = (2, 2, 2, 2)
   image_strides: Sequence[int] = (1, 2, 2, 2)
   dim: int = 512
-  tau: float = 0.03
+  tau: float = postprocess.OFFICIAL_TAU
   loss_groups: int = 1
   bn_groups: int = 1
   bn_momentum: float = 0.9

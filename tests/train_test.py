@@ -169,6 +169,18 @@ def test_config_typo_fails_with_a_clear_message(tiny_data_dir, tmp_path):
   assert proc.returncode != 0 and "Unknown config argument 'tinny'" in proc.stderr
 
 
+@pytest.mark.slow
+def test_worker_processes_leave_no_shared_memory_behind(tiny_data_dir, tmp_path):
+  """With grain worker processes, a finished run frees every shared-memory batch (no resource-tracker warning)."""
+  cmd = [sys.executable, "-m", "avl_jax.main", f"--config={REPO}/configs/synthetic_av.py:tiny,steps=2,"
+         f"data_dir={tiny_data_dir}", "--config.dataset.num_workers=2", "--config.eval.baselines=False",
+         "--config.eval.audio_ablations=False", f"--workdir={tmp_path}"]
+  proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "test_duet (step 2," in proc.stdout + proc.stderr
+  assert "leaked shared_memory" not in proc.stderr, proc.stderr[-3000:]
+
+
 def test_learning_rate_schedules(tiny_config):
   tiny_config.optimizer.schedule = "cosine"
   tiny_config.optimizer.warmup_steps = 2

@@ -20,21 +20,24 @@ import ml_collections
 
 from avl_jax import config_lib
 
-# tau: the official 0.03 divides an *unnormalised* class vector (norm ~23 at init, docs/avgn.md §6), so the
-# logits span about +-700 and the contrastive softmax saturates; from scratch on a CPU budget that barely learns
-# (measured, test_duet after 500 steps: tau 0.03 -> pixel AP 0.21, cIoU 0.14; tau 0.3 -> 0.45, 0.24). The paper
-# configs keep 0.03.
+# tau: the official 0.03 divides an *unnormalised* class vector (norm ~23, docs/avgn.md §6), so the contrastive
+# logits span about +-700 and the softmax saturates; from scratch on a CPU budget that barely learns. Measured on
+# test_duet (oracle classes, 4x4 maps), pixel AP / ciou_frac@0.3: 400 steps: tau 0.3 -> 0.197 / 0.053, tau 2 ->
+# 0.488 / 0.283, tau 5 -> 0.390 / 0.242; 800 steps: tau 0.3 -> 0.331 / 0.131, tau 2 -> 0.484 / 0.264 (centre
+# prior 0.272 / 0.176). The paper configs keep 0.03.
 # loc_audio_grad=False (official: True): with oracle classes the localization loss's gradient into the audio path
-# is ~10x the audio classifier's and keeps that classifier at chance (measured: loss_bce_a stuck at H(0.25) =
-# 0.562; docs/switches.md). Without it, at 800 steps: audio mAP 0.766 on test_duet (chance 0.25), and silent or
-# shuffled audio lowers pixel AP from 0.331 to 0.161 / 0.239 (README, Demo results).
-AVGN_SMALL = dict(resnet_width=16, resnet_blocks=(1, 1, 1, 1), dim=128, depth_vis=2, depth_aud=2, num_heads=4,
-                  mlp_ratio=4.0, drop_path=0.1, tau=0.3, attn_assign="soft", loc_audio_grad=False,
-                  class_source="oracle", dtype="float32", remat=False)
-AVGN_TINY = dict(resnet_width=8, resnet_blocks=(1, 1, 1, 1), dim=32, depth_vis=1, depth_aud=1, num_heads=4,
-                 mlp_ratio=2.0, drop_path=0.1, tau=0.03, attn_assign="soft", class_source="oracle", dtype="float32",
-                 remat=False)
-ENCODER_KEYS = ("resnet_width", "resnet_blocks", "dim", "tau", "dtype", "remat")
+# drowns the audio classifier's and the maps ignore the sound (measured with tau 2, 400 steps: silent and shuffled
+# audio give exactly the model's pixel AP 0.645, audio mAP 0.42; docs/switches.md). Without it, at 800 steps:
+# audio mAP 0.95 on test_duet (chance 0.25), silent / shuffled audio lower pixel AP from 0.484 to 0.343 / 0.373,
+# and mapping the other source's class instead of the right one to 0.163 (README, Demo results).
+# image_strides (1, 2, 2, 1) (7x7 maps) measured no better at 800 steps (0.492 / 0.271) and costs more.
+AVGN_SMALL = dict(resnet_width=16, resnet_blocks=(1, 1, 1, 1), image_strides=(1, 2, 2, 2), dim=128, depth_vis=2,
+                  depth_aud=2, num_heads=4, mlp_ratio=4.0, drop_path=0.1, tau=2.0, attn_assign="soft",
+                  loc_audio_grad=False, class_source="oracle", dtype="float32", remat=False)
+AVGN_TINY = dict(resnet_width=8, resnet_blocks=(1, 1, 1, 1), image_strides=(1, 2, 2, 2), dim=32, depth_vis=1,
+                 depth_aud=1, num_heads=4, mlp_ratio=2.0, drop_path=0.1, tau=0.03, attn_assign="soft",
+                 class_source="oracle", dtype="float32", remat=False)
+ENCODER_KEYS = ("resnet_width", "resnet_blocks", "image_strides", "dim", "tau", "dtype", "remat")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

@@ -55,6 +55,7 @@ from avl_jax import logs  # noqa: E402
 from avl_jax import resolve  # noqa: E402
 from avl_jax import sharding  # noqa: E402
 from avl_jax import train  # noqa: E402
+from avl_jax import weights  # noqa: E402
 from avl_jax.evaluation import writers  # noqa: E402
 from avl_jax.metrics import predictions  # noqa: E402
 
@@ -277,18 +278,9 @@ def evaluate_weights(config, workdir: str, weights_dir: str, *, save_predictions
   prepare_output(eval_lib.output_dir(workdir, output))
   mesh = sharding.create_mesh(config.mesh)
   setup = train.build(config, mesh)
-  abstract = {"params": setup.abstract_state.params, "batch_stats": setup.abstract_state.batch_stats}
-  target = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), abstract)
-  loaded, metadata = checkpointing.load_variables(weights_dir)
-  variables, count = checkpointing.merge_variables(target, loaded, origin=f"--weights={weights_dir}")
-  total = len(jax.tree.leaves(target))
-  if count != total:
-    raise ValueError(f"--weights={weights_dir} holds {count} of the {total} variables of the model "
-                     f"({metadata.get('format')}: a partial set such as an encoder cannot be evaluated alone; "
-                     "use it as config.init_from for training).")
+  variables, metadata = weights.load_whole_model(setup.abstract_state, weights_dir, mesh, action="evaluated")
   logging.info("Evaluating converted weights %s (format %s, source %s).", weights_dir, metadata.get("format"),
                metadata.get("source"))
-  variables = jax.device_put(variables, sharding.replicated(mesh))
   consts = train.make_consts(setup, variables["params"], mesh)
   with jax.set_mesh(mesh):
     return eval_lib.evaluate_all(config, setup.model, variables, mesh, workdir, 0, None, consts=consts,

@@ -30,6 +30,7 @@ from ml_collections import config_flags  # noqa: E402
 
 from avl_jax import cli  # noqa: E402
 from avl_jax import localize_lib  # noqa: E402
+from avl_jax import localize_synthetic  # noqa: E402
 from avl_jax import logs  # noqa: E402
 from avl_jax import resolve  # noqa: E402
 
@@ -52,8 +53,8 @@ _TOP_K = flags.DEFINE_integer("top_k", None, "Classes mapped per window (default
 _THRESHOLD = flags.DEFINE_float("score_threshold", None, "Drop the 2nd..K-th class of a window when its score is "
                                 "below this (default: config.model.score_threshold, else keep all K).")
 _CLASSES = flags.DEFINE_list("classes", None, "Map these classes in every window instead of the predicted ones "
-                             "(names of the model's vocabulary; T-VSL: any text, new names become zero-shot "
-                             "classes of its text bank).")
+                             "(names of the model's vocabulary; text-conditioned models take any text: new names "
+                             "become zero-shot classes of their text bank).")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 8, "Windows per model call.")
 _LOG_EVERY = flags.DEFINE_integer("log_every", 10, "Log progress every this many windows.")
 _WRITE_VIDEO = flags.DEFINE_boolean("write_video", True, "Also write overlay.mp4.")
@@ -86,8 +87,8 @@ def _render() -> None:
   if config is not None:  # the config's window, rate and classes
     kwargs = dict(scene_seconds=float(config.dataset.audio_seconds), sample_rate=int(config.dataset.sample_rate),
                   num_classes=int(config.dataset.num_classes))
-  truth = localize_lib.render_synthetic(_RENDER.value, num_scenes=_RENDER_SCENES.value, seed=_RENDER_SEED.value,
-                                        **kwargs)
+  truth = localize_synthetic.render_synthetic(_RENDER.value, num_scenes=_RENDER_SCENES.value,
+                                              seed=_RENDER_SEED.value, **kwargs)
   print(f"Wrote {_RENDER.value} ({len(truth['scenes'])} scenes of {truth['scene_seconds']:g} s) and "
         f"{os.path.splitext(_RENDER.value)[0]}.truth.json; localize it with --video={_RENDER.value} "
         f"--stride_seconds={truth['scene_seconds']:g}.")
@@ -106,7 +107,6 @@ def _run() -> None:
              f"({summary['num_windows']} windows).")
   logging.info("%s", message)
   print(message)
-
 
 
 def main(argv):

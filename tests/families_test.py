@@ -11,7 +11,9 @@ from avl_jax import models
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GENERIC_FILES = ("train.py", "eval_lib.py", "evaluate.py", "input_pipeline.py", "checkpointing.py",
-                 "evaluation/scoring.py", "evaluation/writers.py", "evaluation/gt.py")
+                 "evaluation/scoring.py", "evaluation/writers.py", "evaluation/gt.py", "weights.py",
+                 "localize.py", "localize_lib.py", "localize_clips.py", "localize_model.py", "localize_outputs.py",
+                 "localize_synthetic.py")
 MODEL_WORDS = re.compile(r"avgn|ezvsl|tvsl|t-vsl|audioclip", re.IGNORECASE)
 ALLOWED: dict[str, str] = {}  # file -> a word it may contain (none today)
 
@@ -100,3 +102,44 @@ def test_family_dummy_inputs_initialise_the_model(model_name):
   inputs = family.dummy_inputs(config, 2)
   variables = jax.eval_shape(lambda: model.init(jax.random.key(0), **inputs, train=False))
   assert "params" in variables and jax.tree.leaves(variables["params"])
+
+
+LOCALIZE_METHODS = ("localize_vocabulary", "localize_all_classes", "localize_postprocess", "localize_fields")
+
+
+def test_every_family_implements_localization():
+  for family in families.FAMILIES:
+    for name in LOCALIZE_METHODS:
+      assert getattr(type(family), name) is not getattr(families.Family, name), f"{family.name} lacks {name}"
+
+
+@pytest.mark.parametrize("model_name", ["avgn", "ezvsl"])
+def test_localize_methods_of_a_class_and_a_class_agnostic_model(model_name, tmp_path):
+  """The vocabulary, the maps and scores of every class (shapes only) and the post-processed maps."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from avl_jax.families import base  # pylint: disable=g-import-not-at-top
+  config = config_lib.load_config(os.path.join(REPO_ROOT, "configs", "synthetic_av.py"),
+                                  f"tiny,model={model_name},data_dir={tmp_path}")
+  family = families.of(config)
+  config = family.localize_config(ml_collections.ConfigDict(config.to_dict()), ["red_solid_circle"])
+  names = family.localize_vocabulary(config)
+  model = family.create_model(config)
+  variables = jax.eval_shape(lambda: model.init(jax.random.key(0), **family.dummy_inputs(config, 2), train=False))
+  ds = config.dataset
+  images = jax.ShapeDtypeStruct((3, ds.image_size, ds.image_size, 3), jnp.float32)
+  waveforms = jax.ShapeDtypeStruct((3, base.num_samples(config)), jnp.float32)
+  maps, scores = jax.eval_shape(
+      lambda v, i, w: family.localize_all_classes(config, model, v, {}, i, w, len(names)), variables, images,
+      waveforms)
+  assert maps.shape[:2] == (3, len(names))
+  if family.localize_class_agnostic(config):
+    assert model_name == "ezvsl" and names == [base.AGNOSTIC_CLASS] and scores is None
+  else:
+    assert len(names) == ds.num_classes and names[0] == "red_solid_circle" and scores.shape == (3, len(names))
+  raw = np.random.default_rng(0).normal(size=(2,) + maps.shape[2:]).astype(np.float32)
+  display, values = family.localize_postprocess(config, raw, (224, 224))
+  assert display.shape == values.shape == (2, 224, 224) and 0 <= display.min() and display.max() <= 1
+  assert set(family.localize_fields(config)) == {"kind", "peak_value"}

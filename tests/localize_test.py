@@ -1,5 +1,6 @@
-"""`python -m avl_jax.localize` (avl_jax/localize_lib.py): decoding, windows, outputs, errors, and -- slow --
-whether a trained model's overlay peak lands on the sounding object of a rendered synthetic_av clip.
+"""`python -m avl_jax.localize` (avl_jax/localize_lib.py and the localize_*.py files it calls): decoding,
+windows, outputs, errors, and -- slow -- whether a trained model's overlay peak lands on the sounding object of
+a rendered synthetic_av clip.
 
 The binary's flags share names with avl_jax.evaluate's (imported by other test modules in this process), so the
 binary itself runs in subprocesses; the library is tested in-process.
@@ -20,7 +21,10 @@ from PIL import Image
 
 from avl_jax import checkpointing
 from avl_jax import config_lib
+from avl_jax import localize_clips
 from avl_jax import localize_lib
+from avl_jax import localize_outputs
+from avl_jax import localize_synthetic
 from avl_jax import sharding
 from avl_jax import train
 
@@ -51,7 +55,7 @@ def _write_audio_only(path: str, seconds: float = 2.0, rate: int = 16000) -> Non
   with av.open(path, "w", format="mp4") as container:
     stream = container.add_stream("aac", rate=rate, layout="mono")
     tone = (0.3 * np.sin(2 * np.pi * 440 * np.arange(int(seconds * rate)) / rate)).astype(np.float32)
-    localize_lib._encode_audio(container, stream, tone, rate, 0, tone.size)  # pylint: disable=protected-access
+    localize_outputs.encode_audio(container, stream, tone, rate, 0, tone.size)
     for packet in stream.encode(None):
       container.mux(packet)
 
@@ -86,24 +90,24 @@ def tiny_workdir(tmp_path_factory) -> tuple[str, str]:
 def synthetic_clip(tmp_path_factory) -> tuple[str, dict]:
   """A 3-scene 64 px clip of 1 s scenes (the tiny config's window) and its truth."""
   path = str(tmp_path_factory.mktemp("clip") / "scenes.mp4")
-  return path, localize_lib.render_synthetic(path, num_scenes=3, size=64)
+  return path, localize_synthetic.render_synthetic(path, num_scenes=3, size=64)
 
 
 # --------------------------------------------------------------------------------------------------- windows
 
 def test_windows_cover_the_clip_every_stride():
-  windows = localize_lib.make_windows(16000 * 3 + 100, 16000, 1.0, 0.5)
+  windows = localize_clips.make_windows(16000 * 3 + 100, 16000, 1.0, 0.5)
   assert len(windows) == 5  # starts 0, 0.5, ..., 2.0; the 0.006 s tail after 3.0 s is not a window of its own
   assert [(w.start, w.end, w.centre) for w in windows[:2]] == [(0.0, 1.0, 0.5), (0.5, 1.5, 1.0)]
   assert windows[-1].end == 3.0 and all(w.num_samples == 16000 for w in windows)
-  assert len(localize_lib.make_windows(16000, 16000, 1.0, 0.5)) == 1  # exactly one window
+  assert len(localize_clips.make_windows(16000, 16000, 1.0, 0.5)) == 1  # exactly one window
   # Frames go to the window whose centre is nearest (ties: the earlier one), clipped at both ends.
-  assert [localize_lib.nearest_window(t, windows) for t in (0.0, 0.74, 0.76, 1.25, 9.0)] == [0, 0, 1, 1, 4]
+  assert [localize_clips.nearest_window(t, windows) for t in (0.0, 0.74, 0.76, 1.25, 9.0)] == [0, 0, 1, 1, 4]
   with pytest.raises(localize_lib.LocalizeError, match=r"clip.wav: its audio lasts 0.50 s, shorter than the "
                      r"model's window of 1.00 s"):
-    localize_lib.make_windows(8000, 16000, 1.0, 0.5, "clip.wav")
+    localize_clips.make_windows(8000, 16000, 1.0, 0.5, "clip.wav")
   with pytest.raises(localize_lib.LocalizeError, match="--stride_seconds=0.0"):
-    localize_lib.make_windows(32000, 16000, 1.0, 0.0)
+    localize_clips.make_windows(32000, 16000, 1.0, 0.0)
 
 
 def test_class_selection_follows_top_k_threshold_and_forced_classes():
@@ -125,7 +129,7 @@ def test_input_errors_name_the_file(tmp_path, tiny_workdir):
   _write_audio_only(mute)
   pathlib.Path(junk).write_text("not a video")
   short = str(tmp_path / "short.mp4")
-  localize_lib.render_synthetic(short, num_scenes=1, scene_seconds=0.5, size=64)
+  localize_synthetic.render_synthetic(short, num_scenes=1, scene_seconds=0.5, size=64)
   cases = [(silent, f"{silent} has no audio stream"), (mute, f"{mute} has no video stream"),
            (junk, f"{junk} is unreadable"), (str(tmp_path / "none.mp4"), "no such file"),
            (short, rf"{short}: its audio lasts 0.5\d s, shorter than the model's window of 1.00 s")]
@@ -133,7 +137,7 @@ def test_input_errors_name_the_file(tmp_path, tiny_workdir):
     with pytest.raises(localize_lib.LocalizeError, match=message):
       localize_lib.localize(config, video=path, workdir=workdir)
   clip = str(tmp_path / "ok.mp4")
-  localize_lib.render_synthetic(clip, num_scenes=2, size=64)
+  localize_synthetic.render_synthetic(clip, num_scenes=2, size=64)
   with pytest.raises(localize_lib.LocalizeError, match=r"--workdir=.*nowhere: no checkpoints/ directory"):
     localize_lib.localize(config, video=clip, workdir=str(tmp_path / "nowhere"))
   with pytest.raises(localize_lib.LocalizeError, match=r"--step=7: no checkpoint for it .* available steps: \[1\]"):
@@ -141,6 +145,21 @@ def test_input_errors_name_the_file(tmp_path, tiny_workdir):
   with pytest.raises(localize_lib.LocalizeError, match="'violin' is not a class of this model; valid names: "
                      "red_solid_circle, green_solid_square"):
     localize_lib.localize(config, video=clip, workdir=workdir, classes=["violin"], output_dir=str(tmp_path / "o"))
+
+
+def test_partial_weights_are_refused(tmp_path, tiny_workdir):
+  """--weights must hold the whole model (`weights.load_whole_model`, shared with evaluate --weights)."""
+  arg, _ = tiny_workdir
+  config = config_lib.load_config(CONFIG, arg)
+  clip = str(tmp_path / "ok.mp4")
+  localize_synthetic.render_synthetic(clip, num_scenes=2, size=64)
+  encoder = {"params": {"imgnet": {"conv1": {"kernel": np.zeros((7, 7, 3, 8), np.float32)}}}}
+  checkpointing.save_variables(str(tmp_path / "partial"), encoder, {"format": "torchvision_resnet18"})
+  with pytest.raises(localize_lib.LocalizeError, match=r"holds 1 of the \d+ variables of the model "
+                     r"\(torchvision_resnet18: a partial set such as an encoder cannot be used to localize alone"):
+    localize_lib.localize(config, video=clip, weights=str(tmp_path / "partial"), output_dir=str(tmp_path / "o"))
+  with pytest.raises(localize_lib.LocalizeError, match="is not a converted-weights directory"):
+    localize_lib.localize(config, video=clip, weights=str(tmp_path), output_dir=str(tmp_path / "o"))
 
 
 def test_binary_exits_2_naming_the_file(tmp_path):
@@ -244,7 +263,7 @@ def test_trained_model_peaks_on_the_sounding_object(tmp_path):
   train.train_and_evaluate(config, workdir)
 
   clip = str(tmp_path / "scenes.mp4")
-  truth = localize_lib.render_synthetic(clip, num_scenes=48, seed=0)  # sounding boxes never hold the centre
+  truth = localize_synthetic.render_synthetic(clip, num_scenes=48, seed=0)  # sounding boxes never hold the centre
   result = subprocess.run(
       [sys.executable, "-m", "avl_jax.localize", f"--config={CONFIG}:{arg}", f"--workdir={workdir}",
        f"--video={clip}", "--stride_seconds=1"] + [f"--config.{k}={v}" for k, v in SLOW_OVERRIDES.items()],
@@ -279,7 +298,7 @@ def test_tvsl_maps_named_and_zero_shot_classes(tmp_path, golden_dir):
   checkpointing.save(manager, 1, setup.init_fn(jax.random.PRNGKey(0)), None, force=True)
   manager.wait_until_finished()
   clip = str(tmp_path / "clip.mp4")
-  localize_lib.render_synthetic(clip, num_scenes=2, size=64)
+  localize_synthetic.render_synthetic(clip, num_scenes=2, size=64)
   summary = localize_lib.localize(config, video=clip, workdir=str(tmp_path / "wd"), write_video=False,
                                   classes=["violin", "red solid circle"])
   assert summary["model"]["kind"] == "tvsl" and summary["model"]["classes"][-1] == "violin"

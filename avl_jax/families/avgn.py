@@ -8,6 +8,10 @@ for training and `localize(image, waveform, class_ids [B, S])` -> raw logits [B,
 Evaluation: oracle classes (or, with config.model.class_source='predicted', the audio classifier's top-K
 classes, each GT source scored with its best distinct predicted map), each source localized on its own frame where the test set stores one
 (`source_image`), logits scored in the fixed range +-1/tau with the median binarisation of the official cIoU.
+
+Localization of a user's clip (`localize_*`): every dataset class's map with the audio classifier's
+probabilities (sigmoid of `fc_prob_a`); EZ-VSL maps one class-agnostic `base.AGNOSTIC_CLASS`. Peaks are read on
+the official fixed-range score (logit + 1/tau) / (2/tau) (0.5 = logit 0), drawn min-max normalised.
 """
 from typing import Any
 
@@ -21,6 +25,7 @@ from avl_jax import models
 from avl_jax.evaluation import scoring
 from avl_jax.evaluation import writers
 from avl_jax.families import base
+from avl_jax.metrics import postprocess
 from avl_jax.models import avgn as avgn_model
 
 # Frames each model expects (config.dataset.image_norm): the AudioCLIP towers read CLIP-normalised frames.
@@ -102,6 +107,33 @@ class AVGNFamily(base.Family):
                            pred["box_source"][:n], classes[:n], self.tau(config),
                            class_names=input_pipeline.dataset_class_names(config),
                            every_box_on_every_panel=predicted)
+
+  # ---------------------------------------------------------------------------------------------- localization
+  def localize_vocabulary(self, config):
+    if not self.has_audio_classifier(config):
+      return [base.AGNOSTIC_CLASS]
+    return base.dataset_vocabulary(config)
+
+  def localize_class_agnostic(self, config):
+    return not self.has_audio_classifier(config)
+
+  def localize_all_classes(self, config, model, variables, consts, images, waveforms, num_classes):
+    del consts
+    ids = jnp.broadcast_to(jnp.arange(num_classes, dtype=jnp.int32), (images.shape[0], num_classes))
+    if not self.has_audio_classifier(config):  # EZ-VSL: its one map (the class id is ignored)
+      return model.apply(variables, images, waveforms, ids[:, :1] * 0, train=False, method=model.localize), None
+    maps, classes = model.apply(variables, images, waveforms, ids, train=False, return_classes=True,
+                                method=model.localize)
+    return maps, jax.nn.sigmoid(classes["class_scores"])
+
+  def localize_postprocess(self, config, raw_maps, size):
+    """Bicubic to `size`; value: the official fixed-range score (logit + 1/tau) / (2/tau); display: its min-max."""
+    values = postprocess.avgn_scores(postprocess.upsample_to(raw_maps, size), self.tau(config))
+    return postprocess.minmax_normalize(values), values
+
+  def localize_fields(self, config):
+    return {"kind": "avgn" if self.has_audio_classifier(config) else "agnostic",
+            "peak_value": "avgn_fixed_range_score"}
 
 
 FAMILY = AVGNFamily()

@@ -4,11 +4,14 @@ A family groups models that take the same inputs and are scored the same way. Th
 (`avl_jax/train.py`), the evaluator (`avl_jax/eval_lib.py`) and the binaries call only these methods, so a new
 family is one file here (plus its model under `avl_jax/models/`) and one line in `families/__init__.py`.
 
+The `localize_*` methods serve `python -m avl_jax.localize` (a user's own clip, no labels: every class of the
+model's vocabulary is mapped and scored in one call, docs/localize.md).
+
 Axis letters: B batch, S sources (slots), N audio samples, H/W frame height/width, h/w map height/width,
-M scored (example, source) items.
+M scored (example, source) items, C classes of the localization vocabulary, K mapped classes.
 """
 import dataclasses
-from typing import Any
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
@@ -16,12 +19,26 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from avl_jax import input_pipeline
 from avl_jax import models
+
+AGNOSTIC_CLASS = "sounding_object"  # the one vocabulary entry of a class-agnostic model's single map
 
 
 def num_samples(config: ml_collections.ConfigDict) -> int:
   """Audio samples per example: config.dataset.audio_seconds at config.dataset.sample_rate."""
   return int(round(config.dataset.audio_seconds * config.dataset.sample_rate))
+
+
+def same_class_name(a: str, b: str) -> bool:
+  """Whether two class names match ignoring case, surrounding spaces and '_' vs ' '."""
+  return a.replace("_", " ").strip().lower() == b.replace("_", " ").strip().lower()
+
+
+def dataset_vocabulary(config: ml_collections.ConfigDict) -> list[str]:
+  """The dataset's class names in label order ('class {i}' where its TFDS metadata has none)."""
+  names = input_pipeline.dataset_class_names(config)
+  return list(names) if names else [f"class {i}" for i in range(config.dataset.num_classes)]
 
 
 @dataclasses.dataclass
@@ -142,4 +159,59 @@ class Family:
 
   def draw(self, path: str, config: ml_collections.ConfigDict, pred: dict[str, Any], n: int) -> None:
     """Writes the heat-map PNG of the first n predicted examples to `path`."""
+    raise NotImplementedError
+
+  # ---------------------------------------------------------------------------------------------- localization
+  def localize_config(self, config: ml_collections.ConfigDict, classes: Sequence[str]) -> ml_collections.ConfigDict:
+    """The config a user's clip is localized with; `config` is a private unlocked copy (changed in place).
+
+    The default maps the classes it is given (config.model.class_source='oracle' where the model has the field),
+    so one call maps every class of the vocabulary.
+
+    Args:
+      config: the model's experiment config (a copy).
+      classes: the names the user forced with --classes (may be empty); a family with an open vocabulary adds
+        the ones it lacks here (they then appear in `localize_vocabulary`).
+    Returns:
+      the config to build the model from.
+    """
+    del classes
+    if "class_source" in models.model_fields(models.MODELS[config.model_name]):
+      config.model.class_source = "oracle"
+    return config
+
+  def localize_vocabulary(self, config: ml_collections.ConfigDict) -> list[str]:
+    """The C class names mapped by `localize_all_classes`, in map order (of the `localize_config` config)."""
+    raise NotImplementedError
+
+  def localize_class_agnostic(self, config: ml_collections.ConfigDict) -> bool:
+    """Whether the model has one class-agnostic map and no class scores (then --classes is refused)."""
+    del config
+    return False
+
+  def localize_all_classes(self, config: ml_collections.ConfigDict, model: nn.Module, variables: dict[str, Any],
+                           consts: dict[str, Any], images: jax.Array, waveforms: jax.Array,
+                           num_classes: int) -> tuple[jax.Array, jax.Array | None]:
+    """The map and score of every vocabulary class; pure (runs inside jit, `config` and `num_classes` static).
+
+    Args:
+      images: [B, H, W, 3] normalised frames.
+      waveforms: [B, N] audio windows.
+      num_classes: C, len(localize_vocabulary(config)).
+    Returns:
+      (raw maps [B, C, h, w], class scores [B, C], higher = more likely sounding; None when class-agnostic).
+    """
+    raise NotImplementedError
+
+  def localize_postprocess(self, config: ml_collections.ConfigDict, raw_maps: np.ndarray,
+                           size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Raw maps [K, h, w] -> (display maps [K, H, W] in [0, 1], peak values [K, H, W]) with (H, W) = size.
+
+    The display map is what is drawn and where the peak is read; the value at the peak is reported under the
+    name `localize_fields(config)['peak_value']`.
+    """
+    raise NotImplementedError
+
+  def localize_fields(self, config: ml_collections.ConfigDict) -> dict[str, str]:
+    """Fields of localize.json's `model` entry that describe the maps: {'kind', 'peak_value'} (docs/localize.md)."""
     raise NotImplementedError

@@ -9,9 +9,16 @@ Evaluation: test sets with a fixed partner frame are scored on the [own | partne
 on its half, the others on the own frame; maps are PyTorch-bicubic upsampled, min-max normalised, inverted
 (`config.model.invert_map`) and binarised at `config.eval.tvsl_threshold`. `class_source='predicted'` maps
 the model's own top-K classes, each GT source scored with its best distinct predicted map.
+
+Localization of a user's clip (`localize_*`): every bank row's map with stage 1's class probabilities
+(tvsl_single_stage: the channel scores rho); --classes names missing from the bank become zero-shot rows
+(`config.text.extra_classes`, encoded by the frozen text tower on loading). Maps are drawn with the official
+post-processing (bicubic, min-max, inverted with config.model.invert_map); the peak value is the upsampled raw
+map.
 """
 from typing import Any
 
+from absl import logging
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -147,6 +154,38 @@ class TVSLFamily(base.Family):
       boxes = gt_lib.boxes_on_canvas(boxes, box_source)
     visualize.heatmap_grid(frames, np.nan_to_num(post["score"]), post["infer"], boxes, box_source, source_class,
                            path, size=size, class_names=input_pipeline.dataset_class_names(config))
+
+  # ---------------------------------------------------------------------------------------------- localization
+  def localize_config(self, config, classes):
+    config = super().localize_config(config, classes)
+    if not classes:
+      return config
+    bank = tvsl_bank.bank_names(config)[0]
+    extra = [c for c in classes if not any(base.same_class_name(c, name) for name in bank)]
+    if extra:
+      logging.info("Zero-shot classes appended to the T-VSL text bank: %s.", ", ".join(extra))
+      config.text.extra_classes = tuple(config.text.extra_classes) + tuple(extra)
+    return config
+
+  def localize_vocabulary(self, config):
+    return tvsl_bank.bank_names(config)[0]
+
+  def localize_all_classes(self, config, model, variables, consts, images, waveforms, num_classes):
+    del config
+    rows = jnp.broadcast_to(jnp.arange(num_classes, dtype=jnp.int32), (images.shape[0], num_classes))
+    maps, classes = model.apply(variables, images, waveforms, consts["text_bank"], rows, train=False,
+                                return_classes=True, method=model.localize)
+    return maps, classes["scores"]
+
+  def localize_postprocess(self, config, raw_maps, size):
+    """Display: the official bicubic + min-max (+ inversion); value: the upsampled raw map."""
+    post = tvsl_postprocess.postprocess_maps(raw_maps, invert=bool(self.field(config, "invert_map")), out_hw=size,
+                                             threshold=config.eval.tvsl_threshold)
+    return np.nan_to_num(post["score"]).astype(np.float32), post["upsampled"]
+
+  def localize_fields(self, config):
+    del config
+    return {"kind": "tvsl", "peak_value": "tvsl_raw_map"}
 
 
 FAMILY = TVSLFamily()

@@ -1,7 +1,10 @@
 """Orbax checkpoints: train state and grain iterator saved together, restored onto the current mesh.
 
 Layout: `{workdir}/checkpoints/{step}/{state,data_iter}`. The state is restored against an abstract target that
-carries the *current* shardings, so a checkpoint written on 8 devices restores on 1 (and vice versa).
+carries the *current* shardings, so a checkpoint written on 8 devices restores on 1 (and vice versa), FSDP onto
+data parallel and back (tests/sharding_test.py). The grain iterator is saved per process
+(`data_iter/process_{i}-of-{n}.json`); a run with another process count continues the same global order from the
+same global position when the iterators run without grain workers (`moved_iterator_state`).
 
 Damage and mismatch are told apart before anything is restored: a checkpoint whose saved variables have other
 shapes than the current model's (a workdir made by another config) raises `CheckpointMismatchError` naming the
@@ -165,14 +168,90 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state: Any,
   check_compatible(manager, step, abstract_state, config_diff)
   _quiet_closed_event_loop()
   items = {"state": ocp.args.StandardRestore(abstract_state)}
+  moved_state = None
   if data_iter is not None:
-    items["data_iter"] = grain.checkpoint.CheckpointRestore(data_iter)
+    moved_state = _iterator_state_from_other_process_count(manager, step, data_iter)
+    if moved_state is None:
+      items["data_iter"] = grain.checkpoint.CheckpointRestore(data_iter)
   try:
     restored = manager.restore(step, args=ocp.args.Composite(**items))
   except Exception as e:  # pylint: disable=broad-except
     raise DamagedCheckpointError(step, str(manager.directory), e) from e
+  if moved_state is not None:
+    data_iter.set_state(moved_state)
   logging.info("Restored checkpoint for step %d from %s.", step, manager.directory)
   return restored["state"]
+
+
+def _iterator_files(directory: epath.Path) -> dict[int, dict[int, epath.Path]]:
+  """{process count: {process index: file}} of a step's `data_iter` directory ({} if it cannot be listed)."""
+  found: dict[int, dict[int, epath.Path]] = {}
+  try:
+    paths = list(directory.iterdir())
+  except OSError:
+    return found
+  for path in paths:
+    name = path.name
+    if name.startswith("process_") and name.endswith(".json") and "-of-" in name:
+      index, _, count = name[len("process_"):-len(".json")].partition("-of-")
+      if index.isdigit() and count.isdigit():
+        found.setdefault(int(count), {})[int(index)] = path
+  return found
+
+
+def moved_iterator_state(saved: dict[int, Any], current: Any, process_count: int) -> dict:
+  """This process's iterator state continuing iterators saved by another number of processes.
+
+  `saved`: {process index: state} of all the saving processes; `current`: this process's fresh iterator state.
+  Every process draws one global order and takes its rows of each global batch (avl_jax/input_pipeline.py
+  `ProcessRows`), so without grain workers a process's state is {'next_index': elements it has read}: the
+  saving processes ran in lockstep and read n_old * next_index global elements in all; each of this run's
+  `process_count` processes has read an equal share of them. Exact for an unchanged config.batch_size.
+
+  Raises:
+    CheckpointMismatchError: the states cannot be moved (grain workers keep per-worker positions; processes
+      missing; positions not in lockstep or not divisible by the new count).
+  """
+  old_count = len(saved)
+  def plain(state):
+    return isinstance(state, dict) and set(state) == {"next_index"} and isinstance(state["next_index"], int)
+  hint = (f"The data iterator was saved by {old_count} processes, this run has {process_count}; "
+          "it moves to another process count only without grain workers (config.dataset.num_workers <= 1 on "
+          "both): rerun on the saving process count, or resume with num_workers=0 and switch afterwards.")
+  if sorted(saved) != list(range(old_count)) or not all(plain(s) for s in saved.values()) or not plain(current):
+    raise CheckpointMismatchError(f"{hint} Saved states {sorted(saved)}: {list(saved.values())[:2]}; this run's "
+                                  f"iterator state {current}.")
+  positions = {s["next_index"] for s in saved.values()}
+  total = positions.pop() * old_count if len(positions) == 1 else None
+  if total is None or total % process_count:
+    raise CheckpointMismatchError(f"{hint} The saved positions {sorted(s['next_index'] for s in saved.values())} "
+                                  f"are not in lockstep or do not split into {process_count} equal shares.")
+  return {"next_index": total // process_count}
+
+
+def _iterator_state_from_other_process_count(manager: ocp.CheckpointManager, step: int, data_iter: Any):
+  """None when `step` holds this process's iterator file (or none at all: the restore reports the damage);
+  else this process's state moved from the saving process count (`moved_iterator_state`)."""
+  directory = epath.Path(str(manager.directory)) / str(step) / "data_iter"
+  files = _iterator_files(directory)
+  index, count = jax.process_index(), jax.process_count()
+  if index in files.get(count, {}) or not files:
+    return None
+  if len(files) > 1:
+    raise DamagedCheckpointError(step, str(manager.directory), ValueError(
+        f"{directory} holds iterator states of several process counts {sorted(files)}."))
+  (old_count, paths), = files.items()
+  try:
+    saved = {i: json.loads(path.read_text()) for i, path in paths.items()}
+  except (OSError, ValueError) as e:
+    raise DamagedCheckpointError(step, str(manager.directory), e) from e
+  if len(saved) != old_count:
+    raise DamagedCheckpointError(step, str(manager.directory), ValueError(
+        f"{directory} holds {len(saved)} of the {old_count} processes' iterator states."))
+  state = moved_iterator_state(saved, data_iter.get_state(), count)
+  logging.warning("Checkpoint step %d: the data iterator was saved by %d processes, this run has %d; continuing "
+                  "the same global order at the same position (iterator state %s).", step, old_count, count, state)
+  return state
 
 
 def move_aside(manager: ocp.CheckpointManager, step: int) -> str:

@@ -1,7 +1,11 @@
 """grain input pipelines over the shared TFDS schema (avl_jax/datasets/schema.py).
 
-Train: tfds.data_source (this host's shard) -> MapDataset -> seed -> shuffle -> repeat -> random_map(decode +
-augment) -> random_map(mix with a partner of another class) -> batch -> to_iter_dataset -> mp_prefetch.
+Train: tfds.data_source (the whole split, on every host) -> MapDataset -> seed -> shuffle -> repeat ->
+random_map(decode + augment) -> random_map(mix with a partner of another class) -> this process's rows of every
+global batch (`ProcessRows`) -> to_iter_dataset -> batch -> mp_prefetch. Every host draws the same global order
+(one shuffle, one seed: process 0's), and process p of P reads rows [p b, (p + 1) b) of each global batch of
+B = P b, the rows its devices own in the global array (`sharding.host_to_global`): P processes train on the
+same global batches as one process, whatever P (tests/multiprocess_test.py).
 Eval:  the same source, deterministic decode, padded to a whole number of batches with a `mask`, so every
 example is scored exactly once on every host count.
 
@@ -16,8 +20,8 @@ Hosts only decode JPEGs and slice waveforms; the spectrogram is computed in the 
 Training images leave the host as uint8 and are normalised in the jitted step (`device_normalize_image`, config
 `dataset.normalize_on_device`, default True): 4x fewer bytes to batch and to copy to the devices, and ~0.6 ms less
 host work per example. Eval batches stay float32 (the 'torch_tensor' resize yields values off the uint8 grid).
-Randomness comes only from grain's per-element generators, so a (seed, step) pair always yields the same batch
-and the iterator state checkpoints exactly.
+Randomness comes only from grain's per-element generators, keyed on the element's global index, so a (seed, step)
+pair always yields the same global batch and the iterator state checkpoints exactly.
 """
 import dataclasses
 import functools
@@ -53,7 +57,11 @@ class DataError(ValueError):
 
 
 def open_source(dataset_name: str, split: str, data_dir: str | None, *, per_process: bool = True):
-  """tfds ArrayRecord data source of (this process's shard of) a split, frames left JPEG-encoded."""
+  """tfds ArrayRecord data source of (this process's shard of) a split, frames left JPEG-encoded.
+
+  per_process=True: `tfds.split_for_jax_process` (eval: each host scores its own examples); False: the split
+  as named. Training reads `tfds.even_splits(split, 1)[0]` on every host (`create_train_dataset`).
+  """
   if per_process:
     split = tfds.split_for_jax_process(split)
   try:
@@ -398,18 +406,92 @@ def cached_primary_classes(records, tfds_source, num_classes: int) -> np.ndarray
   return classes
 
 
-def create_train_dataset(config: ml_collections.ConfigDict, per_host_batch: int, seed: int) -> grain.IterDataset:
-  """Infinite, shuffled, augmented (and mixed) per-host training batches.
+class ProcessRows(grain.MapDataset):
+  """This process's elements of a global stream of batches: element x here is element `global_index(x)` of the
+  parent (the whole global stream), so that this process's batch k is rows [p b, (p + 1) b) of global batch k.
+
+  b = per_host_batch, B = P b. Without grain workers (W = 1), local element k b + j is global element
+  k B + p b + j. With W > 1 workers, grain's mp_prefetch hands worker w elements w, w + W, w + 2W, ... of this
+  dataset and interleaves the workers' batches round-robin: the 1-process global batch k is then global elements
+  w + W (i B + r), r in [0, B) (w = k mod W, i = k div W), and this process takes r in [p b, (p + 1) b). With
+  P = 1 the map is the identity. The parent's per-element random generators are keyed on the global index, so
+  every element (crop, flip, mixing partner) is the one a single process would draw.
+  """
+
+  _MUTATES_ELEMENT_SPEC = False
+
+  def __init__(self, parent: grain.MapDataset, per_host_batch: int, process_index: int, process_count: int,
+               num_workers: int = 0):
+    super().__init__(parent)
+    if not 0 <= process_index < process_count:
+      raise ValueError(f"process_index={process_index} is not in [0, {process_count}).")
+    self.per_host_batch = int(per_host_batch)
+    self.process_index = int(process_index)
+    self.process_count = int(process_count)
+    self.workers = max(int(num_workers), 1)
+    block = self.workers * self.per_host_batch * self.process_count  # global elements per round of the workers
+    self._length = (len(parent) // block) * self.workers * self.per_host_batch
+
+  def global_index(self, index: int) -> int:
+    worker, m = index % self.workers, index // self.workers
+    batch, row = divmod(m, self.per_host_batch)
+    return worker + self.workers * ((batch * self.process_count + self.process_index) * self.per_host_batch + row)
+
+  def __len__(self) -> int:
+    return self._length
+
+  def __getitem__(self, index):
+    if isinstance(index, slice):
+      return self.slice(index)
+    return self._parent[self.global_index(int(index) % self._length)]
+
+  def __str__(self) -> str:
+    return (f"ProcessRows(process {self.process_index} of {self.process_count}, per_host_batch="
+            f"{self.per_host_batch}, workers={self.workers})")
+
+
+def global_train_seed(seed: int) -> int:
+  """The shuffle seed every process uses: process 0's `seed` (a broadcast on multi-process runs), so hosts whose
+  callers passed different seeds still draw one global order."""
+  import jax  # pylint: disable=g-import-not-at-top  (the host-side module does not otherwise need JAX)
+  if jax.process_count() == 1:
+    return int(seed)
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  words = np.asarray([(int(seed) >> 32) & 0xFFFFFFFF, int(seed) & 0xFFFFFFFF], np.uint32)
+  high, low = (int(w) for w in np.asarray(multihost_utils.broadcast_one_to_all(words)))
+  agreed = (high << 32) | low
+  if agreed != int(seed):
+    logging.info("Train data seed: process 0's %d on every process (this one was given %d).", agreed, seed)
+  return agreed
+
+
+def create_train_dataset(config: ml_collections.ConfigDict, per_host_batch: int, seed: int, *,
+                         process_index: int | None = None, process_count: int | None = None) -> grain.IterDataset:
+  """Infinite, shuffled, augmented (and mixed) training batches: this process's rows of each global batch.
 
   Batches: image [b, S, S, 3] uint8 (float32, normalised, with dataset.normalize_on_device=False; [b, S, 2S, 3]
   with dataset.canvas; `device_normalize_image` turns them into the model's input), waveform [b, N] float32 in
   [-2, 2], visual_class [b] int32, audio_label [b, K] float32, source_class [b, 2] int32 ([b, 1] without mix).
+
+  One global order on every host: the whole split shuffled with `seed` (process 0's on a multi-process run,
+  `global_train_seed`), global batches of B = process_count * per_host_batch, of which process p yields rows
+  [p b, (p + 1) b) (`ProcessRows`): the row block its devices own when `sharding.host_to_global` assembles the
+  global array (devices in process order along the batch axes). With one process this is the plain pipeline.
+  process_index / process_count default to JAX's; given explicitly (tests) no collective runs.
   """
   ds_config = config.dataset
   cfg = DataConfig.from_config(ds_config)
-  source = open_source(ds_config.name, ds_config.train_split, ds_config.data_dir)
+  if process_index is None and process_count is None:
+    import jax  # pylint: disable=g-import-not-at-top
+    process_index, process_count = jax.process_index(), jax.process_count()
+    seed = global_train_seed(seed)
+  elif process_index is None or process_count is None:
+    raise ValueError("Give both process_index and process_count, or neither.")
+  # The whole split on every host (`even_splits(split, 1)[0]` is what one process has always read).
+  source = open_source(ds_config.name, tfds.even_splits(ds_config.train_split, 1)[0], ds_config.data_dir,
+                       per_process=False)
   if len(source) == 0:
-    raise DataError(f"Split {ds_config.train_split!r} of {ds_config.name!r} is empty on this host.")
+    raise DataError(f"Split {ds_config.train_split!r} of {ds_config.name!r} is empty.")
   if cfg.canvas and not ds_config.mix:
     raise DataError("config.dataset.canvas=True (the [own | partner] training canvas) needs "
                     "config.dataset.mix=True: the partner supplies the second frame and sound.")
@@ -419,6 +501,8 @@ def create_train_dataset(config: ml_collections.ConfigDict, per_host_batch: int,
   if ds_config.mix:
     classes = cached_primary_classes(source, tfds_source, cfg.num_classes)
     dataset = dataset.random_map(MixWithPartner(source, classes, cfg))
+  if process_count > 1:
+    dataset = ProcessRows(dataset, per_host_batch, process_index, process_count, ds_config.num_workers)
   # Batch after to_iter_dataset so the read-ahead buffer counts examples, not batches (with grain's default
   # 500-element buffer per worker, batching first held ~1.5 GB of decoded batches in every worker).
   iter_dataset = dataset.to_iter_dataset(grain.ReadOptions(

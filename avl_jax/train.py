@@ -249,7 +249,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   data_seed, param_seed = (int(x) for x in jax.random.randint(rng, (2,), 0, 2**31 - 1))
 
   # Data.
-  train_data = input_pipeline.create_train_dataset(config, per_host_batch, seed=data_seed + jax.process_index())
+  train_data = input_pipeline.create_train_dataset(config, per_host_batch, seed=data_seed)
   train_iter = iter(train_data)
 
   # Restore or initialise.

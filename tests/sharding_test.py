@@ -196,3 +196,63 @@ def test_checkpoint_moves_between_fsdp_and_one_device(tiny_config, tmp_path):
       np.testing.assert_array_equal(np.asarray(got), np.asarray(want), err_msg=jax.tree_util.keystr(path))
     kernel = restored.params["imgnet"]["layer4_0"]["conv2"]["kernel"]
     assert kernel.addressable_shards[0].data.shape[-1] == (64 if target is single_abstract else 8)
+
+
+MESHES = {"data8": ((("data", -1),), None), "data1": ((("data", -1),), 1), "fsdp8": (FSDP8, None)}
+
+
+@pytest.mark.slow
+def test_trained_checkpoint_restores_across_meshes_and_training_continues(tiny_config, tmp_path):
+  """A state trained one step on each of data=8, data=1 and fsdp=8 (with its grain iterator) restores onto every
+  other mesh with the target mesh's shardings and exactly the saved values, and the next step runs there on the
+  next batch: data8 <-> data1, fsdp8 <-> data8, fsdp8 <-> data1."""
+  tiny_config.sharding_rules = ALL_FSDP  # FSDP on the fsdp mesh; no effect without an fsdp axis
+  runs = {}
+  for name, (axes, count) in MESHES.items():
+    mesh = sharding.create_mesh(axes, devices=jax.devices()[:count] if count else None)
+    setup = train.build(tiny_config, mesh)
+    key = jax.random.PRNGKey(0)
+    state = _compile_fast(setup.init_fn, key)(key)
+    data = iter(input_pipeline.create_train_dataset(tiny_config, per_host_batch=tiny_config.batch_size, seed=0))
+    first = sharding.host_to_global(next(data), mesh)
+    step_fn = _compile_fast(setup.step_fn, setup.abstract_state, first, {})
+    state, _ = step_fn(state, first, {})
+    jax.block_until_ready(state)  # Never queue sharded steps back to back on fake devices (can deadlock).
+    manager = checkpointing.create_manager(str(tmp_path / name))
+    assert checkpointing.save(manager, 1, state, data, force=True)
+    manager.wait_until_finished()
+    saved = _named(state)
+    second = next(data)
+    state, metrics = step_fn(state, sharding.host_to_global(second, mesh), {})
+    jax.block_until_ready(state)
+    runs[name] = dict(mesh=mesh, setup=setup, step_fn=step_fn, saved=saved, second=second,
+                      loss=float(metrics["loss"]))
+  print("loss of step 2 on its own mesh:", {name: run["loss"] for name, run in runs.items()})
+  restored_losses = {}
+  for source in runs:
+    for target in runs:
+      if source == target:
+        continue
+      dst = runs[target]
+      data = iter(input_pipeline.create_train_dataset(tiny_config, per_host_batch=tiny_config.batch_size, seed=0))
+      state = checkpointing.restore(checkpointing.create_manager(str(tmp_path / source), create=False), 1,
+                                    dst["setup"].abstract_state, data)
+      for (path, got), want in zip(jax.tree_util.tree_leaves_with_path(state),
+                                   jax.tree.leaves(dst["setup"].abstract_state)):
+        assert got.sharding == want.sharding, (source, target, jax.tree_util.keystr(path))
+      for path, value in _named(state).items():
+        np.testing.assert_array_equal(value, runs[source]["saved"][path], err_msg=f"{source}->{target} {path}")
+      kernel = state.params["imgnet"]["layer4_0"]["conv2"]["kernel"]
+      assert kernel.addressable_shards[0].data.shape[-1] == (8 if target == "fsdp8" else 64)
+      # Training continues: the restored iterator yields the next batch, the target mesh's step takes it.
+      batch = next(data)
+      for key, value in runs[source]["second"].items():
+        np.testing.assert_array_equal(batch[key], value)
+      data.close()
+      state, metrics = dst["step_fn"](state, sharding.host_to_global(batch, dst["mesh"]), {})
+      jax.block_until_ready(state)
+      assert int(state.step) == 2
+      restored_losses[(source, target)] = float(metrics["loss"])
+      # The same state and batch give the source mesh's loss up to float32 reduction order.
+      np.testing.assert_allclose(restored_losses[(source, target)], runs[source]["loss"], rtol=1e-5)
+  print("loss of step 2 after moving:", restored_losses)

@@ -170,14 +170,17 @@ def test_variant_config_rejects_unknown_variants_and_fields(tiny_config):
 
 def test_benchmark_prints_a_table_with_every_column(tiny_config):
   lines = []
-  # fp32 and bf16_remat cover both switches (each variant is one more compile of the step).
-  result = train_benchmark.benchmark_main(tiny_config, ["fp32", "bf16_remat"], batch=8, steps=1,
+  # fp32 and bf16_remat cover both switches, fp32_reference the reference kernels (each variant is one more
+  # compile of the step); 2 steps: the timed rounds alternate between the variants.
+  result = train_benchmark.benchmark_main(tiny_config, ["fp32", "bf16_remat", "fp32_reference"], batch=8, steps=2,
                                           peak_size=64, peak_reps=1, log=lines.append)
   table = next(line for line in lines if line.startswith("variant"))
   for column in train_benchmark.COLUMNS:
     assert column in table
   rows = result["rows"]
-  assert list(rows) == ["fp32", "bf16_remat"]
+  assert list(rows) == ["fp32", "bf16_remat", "fp32_reference"]
+  assert result["info"]["baseline"] == "fp32"
+  assert sum(line.lstrip().startswith("round ") for line in lines) == 2
   body = "\n".join(lines)
   for name, row in rows.items():
     assert f"\n{name} " in body
@@ -186,3 +189,36 @@ def test_benchmark_prints_a_table_with_every_column(tiny_config):
     assert row.peak_fraction is not None and row.ratio is not None
   assert rows["fp32"].ratio == 1.0
   np.testing.assert_allclose(rows["bf16_remat"].loss, rows["fp32"].loss, rtol=0.05)  # same state and batch
+  # The reference kernels compute the same function: the same first-step loss (same state and batch).
+  np.testing.assert_allclose(rows["fp32_reference"].loss, rows["fp32"].loss, rtol=1e-5)
+
+
+def test_benchmark_ratios_against_a_chosen_baseline(tiny_config):
+  result = train_benchmark.run_benchmark(tiny_config, ["fp32_reference", "fp32"], batch=8, steps=1, peak_size=32,
+                                         peak_reps=1, baseline="fp32_reference", log=lambda _: None)
+  assert result["info"]["baseline"] == "fp32_reference" and result["rows"]["fp32_reference"].ratio == 1.0
+  with pytest.raises(ValueError, match="Unknown baseline"):
+    train_benchmark.run_benchmark(tiny_config, ["fp32"], baseline="fp64", log=lambda _: None)
+
+
+@pytest.mark.parametrize("shape", [(2, 11, 10, 3), (2, 8, 9, 5), (1, 7, 7, 2)])
+def test_max_pool_matches_flax_max_pool_and_its_gradient(shape):
+  """layers.max_pool (int8 argmax, strided-pad backward) = nn.max_pool (select-and-scatter), ties included: the
+  gradient of a window goes to its first maximum in both (the zeros of a ReLU, equal positive values)."""
+  import flax.linen as nn
+  from avl_jax.models import layers
+  rng = np.random.default_rng(0)
+  x = np.maximum(rng.standard_normal(shape).astype(np.float32), 0.0)
+  x[0, 0, :4, 0] = 1.5
+  x, window, strides, padding = jnp.asarray(x), (3, 3), (2, 2), ((1, 1), (1, 1))
+  ref = lambda v: nn.max_pool(v, window, strides=strides, padding=padding)
+  new = lambda v: layers.max_pool(v, window, strides, padding)
+  np.testing.assert_array_equal(jax.jit(new)(x), jax.jit(ref)(x))
+  np.testing.assert_array_equal(new(x.astype(jnp.bfloat16)).astype(np.float32),
+                                ref(x.astype(jnp.bfloat16)).astype(np.float32))
+  cotangent = jnp.asarray(rng.standard_normal(ref(x).shape).astype(np.float32))
+  grad = lambda f: jax.jit(jax.grad(lambda v: jnp.sum(f(v) * cotangent)))(x)
+  np.testing.assert_allclose(grad(new), grad(ref), rtol=1e-6, atol=1e-6)
+  assert "reduce_window_max" not in str(jax.make_jaxpr(lambda v: layers.max_pool(v, window, strides, padding))(x))
+  with layers.reference_kernels():  # a fresh function: JAX caches traces per function object
+    assert "reduce_window_max" in str(jax.make_jaxpr(lambda v: layers.max_pool(v, window, strides, padding))(x))

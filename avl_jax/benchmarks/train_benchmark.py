@@ -1,7 +1,8 @@
 r"""Throughput of the real training step (`avl_jax.train.build`) of a config, in float32, bfloat16 and with remat.
 
   python -m avl_jax.benchmarks.train_benchmark [--config=configs/avgn_vgginstruments_multi.py[:args]]
-      [--variants=fp32,bf16,remat,bf16_remat] [--mesh=data:-1] [--batch=16] [--steps=3]
+      [--variants=fp32,bf16,remat,bf16_remat,fp32_reference] [--baseline=fp32] [--mesh=data:-1] [--batch=16]
+      [--steps=3]
 
 Default: the paper-size AVGN step (configs/avgn_vgginstruments_multi.py, batch B=16, C=37 classes, ResNet-18s of
 width 64, D=512, depth 3, 224 px frames, 3 s of 16 kHz audio), on every device of JAX's default backend.
@@ -19,14 +20,18 @@ placed with `sharding.host_to_global`. No dataset and no weights are read. The f
 Variants (each an unlocked copy of the config): fp32 = config.model.dtype 'float32'; bf16 = 'bfloat16'
 (parameters, BatchNorm statistics, spectrogram, softmaxes, LayerNorm statistics, losses and maps stay float32:
 avl_jax/models/avgn.py); remat = config.model.remat True (ResNet blocks, AttnBlocks and GroupingBlocks
-rematerialised); bf16_remat = both.
+rematerialised); bf16_remat = both; fp32_reference = fp32 traced under `layers.reference_kernels()` (the plain
+formulations that the library's faster, function-preserving kernels replaced, e.g. the stem max-pool's gradient
+as XLA's select-and-scatter): `--variants=fp32_reference,fp32 --baseline=fp32_reference` shows before/after.
 
 Per variant:
 * lower s / compile s: `step_fn.lower(state, batch, consts)` and `.compile()`, timed separately (a warm
   persistent compilation cache shortens compile; the binaries' `config.compilation_cache_dir` is not enabled here).
 * loss: of the first (warm-up) call, from the same initial state and batch for every variant.
 * s/step (mean) and min s over --steps timed calls after that warm-up call, each call `block_until_ready`;
-  steps/s = 1 / mean, examples/s = B / mean, vs fp32 = examples/s over the fp32 row of the same run.
+  steps/s = 1 / mean, examples/s = B / mean, vs baseline = examples/s over the --baseline row (default fp32; the
+  first variant where it is not measured) of the same run. All variants are compiled and warmed up first, then
+  their timed steps alternate (round r in order, round r + 1 reversed), so that load changes hit all alike.
 * GFLOP/ex: XLA's count of the compiled step (`compiled.cost_analysis()['flops']`, which counts one device's
   partition) x mesh devices / B. Not the model's nominal FLOPs: it includes the backward pass, the optimizer,
   remat's recomputation and everything XLA emits.
@@ -57,6 +62,7 @@ from avl_jax import models
 from avl_jax import sharding
 from avl_jax import train
 from avl_jax.families import base
+from avl_jax.models import layers
 
 DEFAULT_CONFIG = "configs/avgn_vgginstruments_multi.py"
 DEFAULT_BATCH = 16  # the paper-size step: B = 16 (AVGN's per-GPU batch)
@@ -65,7 +71,11 @@ VARIANTS = {  # name -> (config.model.dtype, config.model.remat)
     "bf16": ("bfloat16", False),
     "remat": ("float32", True),
     "bf16_remat": ("bfloat16", True),
+    # The fp32 step traced with `layers.reference_kernels()`: the plain formulations the library's faster kernels
+    # replaced (the max-pool gradient as XLA's select-and-scatter), i.e. "before" next to fp32's "after".
+    "fp32_reference": ("float32", False),
 }
+REFERENCE_VARIANTS = frozenset({"fp32_reference"})
 BASELINE = "fp32"
 
 
@@ -88,7 +98,7 @@ class Row:
     peak_flops: the measured matmul FLOP/s of the variant's dtype (all mesh devices).
     temp_mib: XLA's temporaries of one device, MiB, or None.
     memory_mib: arguments + outputs + temporaries - aliased of one device, MiB, or None.
-    ratio: examples/s over the fp32 row of the same run (None without one).
+    ratio: examples/s over the baseline row of the same run.
   """
   name: str
   dtype: str
@@ -243,8 +253,12 @@ def _same_structure(a: Any, b: Any) -> bool:
 def run_benchmark(config: ml_collections.ConfigDict, variants: Sequence[str] = ("fp32", "bf16"), *,
                   batch: int | None = DEFAULT_BATCH, mesh_axes: Sequence[tuple[str, int]] | None = None,
                   steps: int = 3, peak_size: int = 4096, peak_reps: int = 3, seed: int = 0,
-                  log: Callable[[str], None] = print) -> dict[str, Any]:
+                  baseline: str = BASELINE, log: Callable[[str], None] = print) -> dict[str, Any]:
   """Measures every variant (module docstring); returns {'rows': {variant: Row}, 'info': {...}}.
+
+  Every variant is compiled and warmed up first; then the timed steps alternate between the variants (round r
+  runs them in order, round r + 1 in reverse order), so that a change of the machine's load hits every variant
+  alike and the ratios of one run compare like with like.
 
   Args:
     config: the experiment config (locked or not; it is copied).
@@ -255,12 +269,18 @@ def run_benchmark(config: ml_collections.ConfigDict, variants: Sequence[str] = (
     peak_size: K of the peak matmul.
     peak_reps: timed peak-matmul calls (best counts).
     seed: parameter init and synthetic batch seed.
+    baseline: the variant the ratios are relative to (the first variant where it is not measured).
     log: progress lines.
   """
   if steps < 1:
     raise ValueError(f"steps={steps} must be at least 1.")
+  variants = tuple(dict.fromkeys(variants))
+  if not variants:
+    raise ValueError("No variants to measure.")
   for variant in variants:
     variant_config(config, variant)  # unknown variants / fields fail before any compile
+  if baseline not in VARIANTS:
+    raise ValueError(f"Unknown baseline {baseline!r}; expected one of {sorted(VARIANTS)}.")
   first = variant_config(config, variants[0], batch=batch, mesh_axes=mesh_axes)
   mesh = sharding.create_mesh(first.mesh)
   global_batch = first.batch_size
@@ -274,19 +294,19 @@ def run_benchmark(config: ml_collections.ConfigDict, variants: Sequence[str] = (
   log(f"train step benchmark: model {first.model_name}, B={global_batch}, C={first.dataset.num_classes}, "
       f"image {host_batch['image'].dtype}{list(host_batch['image'].shape)}, waveform "
       f"{list(host_batch['waveform'].shape)} ({first.dataset.audio_seconds:g} s at {first.dataset.sample_rate} Hz); "
-      f"mesh {dict(mesh.shape)} of {device.platform}:{device.device_kind}; {steps} timed steps per variant")
+      f"mesh {dict(mesh.shape)} of {device.platform}:{device.device_kind}; {steps} timed steps per variant, "
+      f"alternating between the variants")
 
   peaks: dict[str, float] = {}
   for dtype_name in dict.fromkeys(VARIANTS[v][0] for v in variants):
     peaks[dtype_name] = measure_peak(mesh, jnp.dtype(dtype_name), peak_size, peak_reps)
     log(f"  peak {dtype_name} matmul ({mesh.size} x [{peak_size}, {peak_size}] @ [{peak_size}, {peak_size}]): "
         f"{peaks[dtype_name] / 1e9:.1f} GFLOP/s")
-  rows: dict[str, Row] = {}
   host_state, state_tree = None, None
+  live: dict[str, dict[str, Any]] = {}  # variant -> compiled step, its state and inputs, compile stats
   with jax.set_mesh(mesh):
     for variant in variants:
       cfg = variant_config(config, variant, batch=batch, mesh_axes=mesh_axes)
-      dtype_name, remat = VARIANTS[variant]
       setup = train.build(cfg, mesh)
       if host_state is None or not _same_structure(setup.abstract_state, state_tree):
         start = time.perf_counter()
@@ -299,7 +319,8 @@ def run_benchmark(config: ml_collections.ConfigDict, variants: Sequence[str] = (
       global_batch_arrays = sharding.host_to_global(host_batch, mesh)
 
       start = time.perf_counter()
-      lowered = setup.step_fn.lower(state, global_batch_arrays, consts)
+      with layers.reference_kernels(variant in REFERENCE_VARIANTS):  # trace-time switch
+        lowered = setup.step_fn.lower(state, global_batch_arrays, consts)
       lower_s = time.perf_counter() - start
       start = time.perf_counter()
       compiled = lowered.compile()
@@ -307,31 +328,44 @@ def run_benchmark(config: ml_collections.ConfigDict, variants: Sequence[str] = (
 
       state, metrics = compiled(state, global_batch_arrays, consts)
       jax.block_until_ready((state, metrics))
-      loss = float(metrics["loss"])
-      times = []
-      for _ in range(steps):
-        start = time.perf_counter()
-        state, metrics = compiled(state, global_batch_arrays, consts)
-        jax.block_until_ready((state, metrics))
-        times.append(time.perf_counter() - start)
-      del state, metrics
+      live[variant] = {"compiled": compiled, "state": state, "batch": global_batch_arrays, "consts": consts,
+                       "lower_s": lower_s, "compile_s": compile_s, "loss": float(metrics["loss"]), "times": []}
+      del metrics
+      log(f"  compiled {variant} (lower {lower_s:.1f} s, compile {compile_s:.1f} s)")
 
-      flops = _flops(compiled)
-      temp_mib, memory_mib = _memory_mib(compiled)
-      rows[variant] = Row(
-          name=variant, dtype=dtype_name, remat=remat, batch=global_batch, lower_s=lower_s, compile_s=compile_s,
-          loss=loss, step_s=float(np.mean(times)), min_step_s=float(np.min(times)),
-          flops_per_example=None if flops is None else flops * mesh.size / global_batch,
-          peak_flops=peaks[dtype_name], temp_mib=temp_mib, memory_mib=memory_mib)
-      log(f"  measured {variant}: {rows[variant].step_s:.3f} s/step")
-  if BASELINE in rows:
-    for row in rows.values():
-      row.ratio = row.examples_per_s / rows[BASELINE].examples_per_s
+    for round_index in range(steps):
+      for variant in (variants if round_index % 2 == 0 else variants[::-1]):
+        entry = live[variant]
+        start = time.perf_counter()
+        entry["state"], metrics = entry["compiled"](entry["state"], entry["batch"], entry["consts"])
+        jax.block_until_ready((entry["state"], metrics))
+        entry["times"].append(time.perf_counter() - start)
+      log(f"  round {round_index + 1}/{steps}: " + ", ".join(
+          f"{variant} {live[variant]['times'][-1]:.3f} s" for variant in variants))
+
+  rows: dict[str, Row] = {}
+  for variant in variants:
+    entry = live.pop(variant)
+    dtype_name, remat = VARIANTS[variant]
+    flops = _flops(entry["compiled"])
+    temp_mib, memory_mib = _memory_mib(entry["compiled"])
+    times = entry["times"]
+    rows[variant] = Row(
+        name=variant, dtype=dtype_name, remat=remat, batch=global_batch, lower_s=entry["lower_s"],
+        compile_s=entry["compile_s"], loss=entry["loss"], step_s=float(np.mean(times)),
+        min_step_s=float(np.min(times)),
+        flops_per_example=None if flops is None else flops * mesh.size / global_batch,
+        peak_flops=peaks[dtype_name], temp_mib=temp_mib, memory_mib=memory_mib)
+    del entry
+  reference = baseline if baseline in rows else variants[0]
+  for row in rows.values():
+    row.ratio = row.examples_per_s / rows[reference].examples_per_s
   info["peak_flops"] = peaks
+  info["baseline"] = reference
   return {"rows": rows, "info": info}
 
 
-COLUMNS = ("variant", "lower s", "compile s", "loss", "s/step", "min s", "steps/s", "examples/s", "vs fp32",
+COLUMNS = ("variant", "lower s", "compile s", "loss", "s/step", "min s", "steps/s", "examples/s", "vs baseline",
            "GFLOP/ex", "GF/s", "peak GF/s", "% peak", "temp MiB", "total MiB")
 
 
@@ -359,12 +393,13 @@ def format_table(rows: dict[str, Row]) -> str:
 
 def benchmark_main(config: ml_collections.ConfigDict, variants: Sequence[str], *, mesh: str = "",
                    batch: int | None = DEFAULT_BATCH, steps: int = 3, peak_size: int = 4096, peak_reps: int = 3,
-                   log: Callable[[str], None] = print) -> dict[str, Any]:
+                   baseline: str = BASELINE, log: Callable[[str], None] = print) -> dict[str, Any]:
   """What `main` does with parsed flags: runs the benchmark and prints the table; returns run_benchmark's dict."""
   result = run_benchmark(config, tuple(variants), batch=batch or None, mesh_axes=parse_mesh(mesh) or None,
-                         steps=steps, peak_size=peak_size, peak_reps=peak_reps, log=log)
+                         steps=steps, peak_size=peak_size, peak_reps=peak_reps, baseline=baseline, log=log)
   log(format_table(result["rows"]))
-  log("vs fp32: examples/s over the fp32 row of this run. GFLOP/ex: XLA's count of the whole step (forward, "
+  log(f"vs baseline: examples/s over the {result['info']['baseline']} row of this run (same process, timed steps "
+      "alternating between the variants). GFLOP/ex: XLA's count of the whole step (forward, "
       "backward, update) per example; % peak: achieved over this run's matmul peak of the row's dtype. Timings are "
       "for comparison within one run only (noisy on a shared machine).")
   return result
@@ -372,14 +407,18 @@ def benchmark_main(config: ml_collections.ConfigDict, variants: Sequence[str], *
 
 def _define_flags() -> None:
   """The binary's flags, defined only when it runs (tests import this module beside other binaries)."""
-  global _CONFIG, _VARIANTS, _MESH, _BATCH, _STEPS, _PEAK_SIZE, _PEAK_REPS
+  global _CONFIG, _VARIANTS, _MESH, _BATCH, _STEPS, _PEAK_SIZE, _PEAK_REPS, _BASELINE
   _CONFIG = config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, "Experiment config file (its model and input "
                                             "shapes; the dataset is not read).", lock_config=True)
   _VARIANTS = flags.DEFINE_list("variants", ["fp32", "bf16"], f"Variants to measure, from {sorted(VARIANTS)}.")
   _MESH = flags.DEFINE_string("mesh", "", "Device mesh 'axis:size,...', e.g. 'data:-1' or 'data:1,fsdp:-1' "
                               "(default: config.mesh).")
   _BATCH = flags.DEFINE_integer("batch", DEFAULT_BATCH, "Global batch B (0: config.batch_size).")
-  _STEPS = flags.DEFINE_integer("steps", 3, "Timed calls per variant after its compile and one warm-up call.")
+  _STEPS = flags.DEFINE_integer("steps", 3, "Timed calls per variant after its compile and one warm-up call "
+                                "(alternating between the variants).")
+  _BASELINE = flags.DEFINE_string("baseline", BASELINE, "Variant the 'vs baseline' ratios are relative to "
+                                  "(the first variant where it is not measured), e.g. fp32_reference with "
+                                  "--variants=fp32_reference,fp32 for the library's before/after.")
   _PEAK_SIZE = flags.DEFINE_integer("peak_size", 4096, "K of the K x K @ K x K matmul that measures the peak.")
   _PEAK_REPS = flags.DEFINE_integer("peak_reps", 3, "Timed calls of the peak matmul (the best one counts).")
 
@@ -388,7 +427,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   benchmark_main(_CONFIG.value, _VARIANTS.value, mesh=_MESH.value, batch=_BATCH.value, steps=_STEPS.value,
-                 peak_size=_PEAK_SIZE.value, peak_reps=_PEAK_REPS.value)
+                 peak_size=_PEAK_SIZE.value, peak_reps=_PEAK_REPS.value, baseline=_BASELINE.value)
 
 
 if __name__ == "__main__":

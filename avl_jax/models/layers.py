@@ -10,6 +10,8 @@ Flax defaults differ from PyTorch in several places that change numbers (docs/av
 (1e-6 vs 1e-5), GELU (tanh vs erf), BatchNorm's running variance (biased vs unbiased) and truncated-normal
 initialisers (cut at 2 sigma vs an absolute 2). Everything here uses the PyTorch behaviour.
 """
+import contextlib
+import contextvars
 import math
 from typing import Any, Callable
 
@@ -28,6 +30,26 @@ DENSE_INIT_STD = 0.02
 # torchvision's ResNet init and the official AVGN audio-net init: N(0, 2 / (out * kh * kw)), untruncated.
 kaiming_fan_out_normal: Initializer = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
 dense_kernel_init: Initializer = nn.initializers.normal(DENSE_INIT_STD)
+
+
+_REFERENCE_KERNELS = contextvars.ContextVar('avl_jax_reference_kernels', default=False)
+
+
+def use_fast_kernels() -> bool:
+  """False inside `reference_kernels()`: the layers then trace their plain-JAX reference formulations."""
+  return not _REFERENCE_KERNELS.get()
+
+
+@contextlib.contextmanager
+def reference_kernels(enabled: bool = True):
+  """Within this context (at trace time) `max_pool` traces the straightforward formulation its faster one replaced
+  (`nn.max_pool`, whose gradient XLA computes with a select-and-scatter): the same function, up to the order of
+  float additions. For A/B benchmarks (train_benchmark's fp32_reference variant) and equivalence tests."""
+  token = _REFERENCE_KERNELS.set(enabled)
+  try:
+    yield
+  finally:
+    _REFERENCE_KERNELS.reset(token)
 
 
 def normal_around_one(std: float) -> Initializer:
@@ -197,6 +219,78 @@ def max_over_axes(x: jax.Array, axes: tuple[int, ...]) -> jax.Array:
   flat = moved.reshape(moved.shape[:len(kept)] + (-1,))
   one_hot = jax.nn.one_hot(jnp.argmax(flat, axis=-1), flat.shape[-1], dtype=x.dtype)
   return jnp.sum(flat * jax.lax.stop_gradient(one_hot), axis=-1)
+
+
+def _max_pool_forward(xp: jax.Array, window: tuple[int, int], strides: tuple[int, int],
+                      out_hw: tuple[int, int]) -> tuple[jax.Array, jax.Array]:
+  """(max over each window of the padded xp, int8 row-major offset of the window's first maximal element)."""
+  best, index = None, None
+  for i in range(window[0]):
+    for j in range(window[1]):
+      limit = (xp.shape[0], i + strides[0] * (out_hw[0] - 1) + 1, j + strides[1] * (out_hw[1] - 1) + 1, xp.shape[3])
+      piece = jax.lax.slice(xp, (0, i, j, 0), limit, (1, strides[0], strides[1], 1))
+      if best is None:
+        best, index = piece, jnp.zeros(piece.shape, jnp.int8)
+      else:
+        index = jnp.where(piece > best, jnp.int8(i * window[1] + j), index)  # strict: the first maximum wins
+        best = jnp.maximum(best, piece)  # lax.max, as reduce_window: NaNs propagate
+  return best, index
+
+
+def max_pool(x: jax.Array, window: tuple[int, int], strides: tuple[int, int],
+             padding: tuple[tuple[int, int], tuple[int, int]]) -> jax.Array:
+  """2-D max pool of x [B, H, W, D] padded with -inf (PyTorch MaxPool2d / `nn.max_pool` with explicit padding).
+
+  The forward value is exactly `nn.max_pool`'s. The gradient of each window goes to its first maximal element in
+  row-major order, as PyTorch's (and XLA's select-and-scatter with `ge`) does, but it is computed from an int8
+  index kept from the forward pass (9 compares and selects, then 9 strided pads summed) instead of the
+  select-and-scatter that XLA:CPU expands into a reduce-window over four int32 iota arrays and a scatter
+  (~10% of the paper-size AVGN train step on CPU, docs in avl_jax/benchmarks/train_benchmark.py).
+
+  Returns:
+    [B, (H + pads - window) // stride + 1, (W + pads - window) // stride + 1, D].
+  """
+  window, strides = tuple(window), tuple(strides)
+  padding = tuple(tuple(p) for p in padding)
+  if x.ndim != 4 or len(window) != 2 or len(strides) != 2 or len(padding) != 2:
+    raise ValueError(f'max_pool expects x [B, H, W, D] and 2-D window/strides/padding; got {x.shape}, {window}, '
+                     f'{strides}, {padding}.')
+  if window[0] * window[1] > 127:
+    raise ValueError(f'max_pool keeps an int8 window index; window {window} is too large.')
+  if not use_fast_kernels():
+    return nn.max_pool(x, window, strides=strides, padding=padding)
+  shape = x.shape
+  padded_hw = (shape[1] + sum(padding[0]), shape[2] + sum(padding[1]))
+  out_hw = tuple((padded_hw[a] - window[a]) // strides[a] + 1 for a in range(2))
+
+  def pad(v):
+    return jax.lax.pad(v, jnp.array(-jnp.inf, v.dtype), ((0, 0, 0), (*padding[0], 0), (*padding[1], 0), (0, 0, 0)))
+
+  @jax.custom_vjp
+  def pool(v):
+    return _max_pool_forward(pad(v), window, strides, out_hw)[0]
+
+  def pool_fwd(v):
+    return _max_pool_forward(pad(v), window, strides, out_hw)
+
+  def pool_bwd(index, g):
+    grad = None
+    for i in range(window[0]):
+      for j in range(window[1]):
+        part = jnp.where(index == i * window[1] + j, g, jnp.zeros((), g.dtype))
+        # Scatter the window's element (i, j) back with a strided pad, cropping the input's padding on the way.
+        config = [(0, 0, 0), (0, 0, 0), (0, 0, 0), (0, 0, 0)]
+        for axis, offset in ((1, i), (2, j)):
+          a = axis - 1
+          low = offset - padding[a][0]
+          extent = offset + strides[a] * (out_hw[a] - 1) + 1
+          config[axis] = (low, padded_hw[a] - extent - padding[a][1], strides[a] - 1)
+        part = jax.lax.pad(part, jnp.zeros((), g.dtype), config)
+        grad = part if grad is None else grad + part
+    return (grad,)
+
+  pool.defvjp(pool_fwd, pool_bwd)
+  return pool(x)
 
 
 def select_top_classes(scores: jax.Array, num_sources: int,

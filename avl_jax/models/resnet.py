@@ -106,8 +106,8 @@ class ResNet(nn.Module):
         momentum=self.bn_momentum, torch_running_var=self.torch_running_var, groups=self.bn_groups,
         scale_init=self.bn_scale_init, dtype=self.dtype, name='bn1')(x, train=train)
     x = nn.relu(x)
-    # reduce_window pads with its init value, -inf, exactly like PyTorch's MaxPool2d padding.
-    x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    # Padded with -inf, exactly like PyTorch's MaxPool2d padding; the gradient goes to each window's first maximum.
+    x = layers.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     block_class = layers.maybe_remat(BasicBlock, self.remat, static_argnums=(2,))  # (self, x, train)
     for stage, num_blocks in enumerate(self.blocks):
       features = self.width * 2**stage

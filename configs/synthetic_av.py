@@ -23,16 +23,16 @@ from avl_jax import config_lib
 # tau: the official 0.03 divides an *unnormalised* class vector (norm ~23, docs/avgn.md §6), so the contrastive
 # logits span about +-700 and the softmax saturates; from scratch on a CPU budget that barely learns. Measured on
 # test_duet (oracle classes, 4x4 maps), pixel AP / ciou_frac@0.3: 400 steps: tau 0.3 -> 0.197 / 0.053, tau 2 ->
-# 0.488 / 0.283, tau 5 -> 0.390 / 0.242; 800 steps: tau 0.3 -> 0.331 / 0.131, tau 2 -> 0.484 / 0.264 (centre
-# prior 0.272 / 0.176). The paper configs keep 0.03.
+# 0.488 / 0.283, tau 5 -> 0.390 / 0.242; 800 steps: tau 0.3 -> 0.331 / 0.131, tau 1 -> 0.538 / 0.279, tau 2 ->
+# 0.484 / 0.264 (centre prior 0.272 / 0.176). The paper configs keep 0.03.
 # loc_audio_grad=False (official: True): with oracle classes the localization loss's gradient into the audio path
 # drowns the audio classifier's and the maps ignore the sound (measured with tau 2, 400 steps: silent and shuffled
 # audio give exactly the model's pixel AP 0.645, audio mAP 0.42; docs/switches.md). Without it, at 800 steps:
-# audio mAP 0.95 on test_duet (chance 0.25), silent / shuffled audio lower pixel AP from 0.484 to 0.343 / 0.373,
-# and mapping the other source's class instead of the right one to 0.163 (README, Demo results).
+# audio mAP 0.86 on test_duet (chance 0.25), silent / shuffled audio lower pixel AP from 0.538 to 0.386 / 0.374
+# (README, Demo results).
 # image_strides (1, 2, 2, 1) (7x7 maps) measured no better at 800 steps (0.492 / 0.271) and costs more.
 AVGN_SMALL = dict(resnet_width=16, resnet_blocks=(1, 1, 1, 1), image_strides=(1, 2, 2, 2), dim=128, depth_vis=2,
-                  depth_aud=2, num_heads=4, mlp_ratio=4.0, drop_path=0.1, tau=2.0, attn_assign="soft",
+                  depth_aud=2, num_heads=4, mlp_ratio=4.0, drop_path=0.1, tau=1.0, attn_assign="soft",
                   loc_audio_grad=False, class_source="oracle", dtype="float32", remat=False)
 AVGN_TINY = dict(resnet_width=8, resnet_blocks=(1, 1, 1, 1), image_strides=(1, 2, 2, 2), dim=32, depth_vis=1,
                  depth_aud=1, num_heads=4, mlp_ratio=2.0, drop_path=0.1, tau=0.03, attn_assign="soft",

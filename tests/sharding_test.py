@@ -152,7 +152,11 @@ def test_fsdp_training_matches_one_device(tiny_config):
   for a, b in zip(jax.tree.leaves(init1), jax.tree.leaves(init8)):
     np.testing.assert_array_equal(a, b)  # the init does not depend on the mesh
   print(f"losses 1 device {losses1}, fsdp=8 {losses8}")
-  np.testing.assert_allclose(losses8, losses1, rtol=1e-5)
+  # Step 1 starts from identical parameters: only the reduction order differs. Later steps start from parameters
+  # that differ by float rounding, amplified by Adam's normalised update and the tiny config's saturated logits
+  # (tau 0.03, losses ~60): measured 1.4e-4 relative at step 3 (docs/sharding.md §6), hence the looser bound.
+  np.testing.assert_allclose(losses8[0], losses1[0], rtol=1e-5)
+  np.testing.assert_allclose(losses8, losses1, rtol=1e-3)
   # Parameters: the reduction order differs, and Adam moves a parameter by ~lr whatever the size of its
   # gradient, so the few parameters whose gradients are rounding noise (structurally zero: they do not change the
   # loss) drift apart by up to ~2 lr per step (docs/sharding.md §6); all others agree to float32 rounding.

@@ -203,10 +203,11 @@ def moved_iterator_state(saved: dict[int, Any], current: Any, process_count: int
   """This process's iterator state continuing iterators saved by another number of processes.
 
   `saved`: {process index: state} of all the saving processes; `current`: this process's fresh iterator state.
-  Every process draws one global order and takes its rows of each global batch (avl_jax/input_pipeline.py
-  `ProcessRows`), so without grain workers a process's state is {'next_index': elements it has read}: the
-  saving processes ran in lockstep and read n_old * next_index global elements in all; each of this run's
-  `process_count` processes has read an equal share of them. Exact for an unchanged config.batch_size.
+  Every process draws one global order and takes its rows of each global batch
+  (avl_jax/pipeline/global_order.py `ProcessRows`), so without grain workers a process's state is
+  {'next_index': elements it has read}: the saving processes ran in lockstep and read n_old * next_index global
+  elements in all; each of this run's `process_count` processes has read an equal share of them. Exact for an
+  unchanged config.batch_size.
 
   Raises:
     CheckpointMismatchError: the states cannot be moved (grain workers keep per-worker positions; processes

@@ -173,6 +173,9 @@ def base_config() -> ml_collections.ConfigDict:
       # Also score the model with a zero waveform (silent_audio) and with another example's waveform
       # (shuffled_audio): how much the sound drives the maps. Three model passes per split; False for long runs.
       audio_ablations=True,
+      # Also score the model given each source another source's class (swapped_classes; a single source the next
+      # class id): how much the maps follow the class. Models that map oracle classes only; one more model pass.
+      class_ablation=True,
       tvsl_threshold=0.3,    # T-VSL models: fixed binarisation threshold of the (inverted) min-max score
       # Official AVGN vggsound_duet test GT (docs/metrics.md §2 defect i, needs protocol 'official'): source 0 is
       # scored against the partner's GT, source 1 against the partner's partner's. On in configs/avgn_vggsound_duet.py

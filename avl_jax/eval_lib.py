@@ -7,7 +7,7 @@ differs between model families (the frames the model sees, the constants it read
 drawn) comes from `avl_jax.families`. Each host predicts and scores its own shard of the split; the per-item
 values are gathered, so process 0 writes results that count every (example, source) item once:
 
-  {workdir}/eval/{split}_{step}.json   every metric of every method (model, audio ablations, baselines), the
+  {workdir}/eval/{split}_{step}.json   every metric of every method (model, ablations, baselines), the
                                        protocol, the step, the sample counts, the audio classifier's mAP
                                        (class_source='predicted': {split}_{step}_predicted.*)
   {workdir}/eval/{split}_{step}.csv    one row per (example, source) item, columns writers.CSV_COLUMNS
@@ -33,6 +33,7 @@ from avl_jax.evaluation import gt as gt_lib
 from avl_jax.evaluation import scoring
 from avl_jax.evaluation import writers
 from avl_jax.metrics import predictions
+from avl_jax.pipeline import data_source
 
 
 def _key(prefix: str, key: str) -> str:
@@ -57,6 +58,29 @@ def shuffled_audio(waveform: np.ndarray, valid: np.ndarray, last: np.ndarray | N
   elif len(rows) == 1 and last is not None:
     shuffled[rows[0]] = last
   return shuffled, (waveform[rows[0]].copy() if len(rows) else last)
+
+
+def swapped_classes(source_class: np.ndarray, num_classes: int) -> np.ndarray:
+  """The `swapped_classes` ablation's class ids: every source gets a class that is not its own.
+
+  The classes of an example's sources shift by one slot (source s takes source s+1's, the last the first's); a
+  source that would keep its own class (the only source of its example, or two sources of one class) takes the
+  next class id, (c + 1) mod num_classes. Padding (-1) stays.
+
+  Args:
+    source_class: [b, S] dataset labels, -1 padding (sources fill the first slots).
+    num_classes: the dataset's number of classes.
+
+  Returns:
+    [b, S] int, the same dtype.
+  """
+  swapped = source_class.copy()
+  for row in range(len(source_class)):
+    slots = np.flatnonzero(source_class[row] >= 0)
+    swapped[row, slots] = source_class[row, np.roll(slots, -1)]
+  same = (swapped == source_class) & (source_class >= 0)
+  swapped[same] = (source_class[same] + 1) % num_classes
+  return swapped
 
 
 def make_localize_fn(config: ml_collections.ConfigDict, model, mesh):
@@ -84,7 +108,9 @@ def predict_split(config, model, variables, mesh, split: str, localize_fn=None, 
   Returns: maps [n, S, h, w] float32 raw maps, source_class [n, S], boxes [n, NB, 4], box_source [n, NB],
   ids [n, 64] uint8, image_uint8 [min(n, num_visualize), H, W', 3], `gt_format` (str, '' for synthetic_av),
   `canvas` (bool), when the dataset has them boxes_raw [n, NB, 4] float64, gt_mask [n, S, 224, 224],
-  has_gt_mask [n, S], partner_id, and any extra per-example outputs of the family's `localize`.
+  has_gt_mask [n, S], partner_id, and any extra per-example outputs of the family's `localize`; for each
+  ablation that ran (`scoring.ABLATIONS`: config.eval.audio_ablations, and config.eval.class_ablation where the
+  family maps the classes it is given) {name: {'maps': ..., the audio ablations' extra outputs}}.
   """
   family = families.of(config)
   consts = {} if consts is None else consts
@@ -95,7 +121,8 @@ def predict_split(config, model, variables, mesh, split: str, localize_fn=None, 
   outputs = None
   frames = []
   canvas = False
-  ablations = bool(config.eval.audio_ablations)
+  audio_ablations = bool(config.eval.audio_ablations)
+  class_ablation = bool(config.eval.class_ablation) and family.maps_given_classes(config)
   last_audio = None
   row0 = jax.process_index() * per_host
   for batch in data.dataset:
@@ -105,12 +132,16 @@ def predict_split(config, model, variables, mesh, split: str, localize_fn=None, 
     views = family.eval_views(config, batch, data.partner_frames)
     canvas = views.canvas
     images = [(sharding.host_to_global({"image": image}, mesh)["image"], source) for image, source in views.images]
-    waveforms = {"": batch["waveform"]}
-    if ablations:
-      waveforms["silent_audio"] = np.zeros_like(batch["waveform"])
-      waveforms["shuffled_audio"], last_audio = shuffled_audio(batch["waveform"], batch["mask"] > 0, last_audio)
-    for prefix, waveform in waveforms.items():
-      inputs = sharding.host_to_global({"waveform": waveform, "source_class": batch["source_class"]}, mesh)
+    # The model's inputs ({prefix: (waveform, class ids)}): as given, then each ablation ('' = as given).
+    passes = {"": (batch["waveform"], batch["source_class"])}
+    if audio_ablations:
+      passes["silent_audio"] = (np.zeros_like(batch["waveform"]), batch["source_class"])
+      shuffled, last_audio = shuffled_audio(batch["waveform"], batch["mask"] > 0, last_audio)
+      passes["shuffled_audio"] = (shuffled, batch["source_class"])
+    if class_ablation:
+      passes["swapped_classes"] = (batch["waveform"], swapped_classes(batch["source_class"], config.dataset.num_classes))
+    for prefix, (waveform, class_ids) in passes.items():
+      inputs = sharding.host_to_global({"waveform": waveform, "source_class": class_ids}, mesh)
       maps = None
       for view, (image, source) in enumerate(images):
         out = localize_fn(variables, consts, image, inputs["waveform"], inputs["source_class"])
@@ -119,7 +150,7 @@ def predict_split(config, model, variables, mesh, split: str, localize_fn=None, 
           maps = view_maps.copy()
         if source is not None:
           maps[:, source] = view_maps[:, source]
-        if view == 0:
+        if view == 0 and prefix not in scoring.CLASS_ABLATIONS:  # the class scores etc. do not see the classes
           for key in sorted(set(out) - {"maps"}):
             outputs.setdefault(_key(prefix, key), []).append(np.asarray(out[key])[row0:row0 + per_host])
       outputs.setdefault(_key(prefix, "maps"), []).append(maps)
@@ -129,15 +160,16 @@ def predict_split(config, model, variables, mesh, split: str, localize_fn=None, 
     if sum(len(f) for f in frames) < config.eval.num_visualize:
       frames.append(views.frames)
   if outputs is None:
-    raise input_pipeline.DataError(f"Split {split!r} of {config.dataset.name!r} produced no batch.")
+    raise data_source.DataError(f"Split {split!r} of {config.dataset.name!r} produced no batch.")
   result = {k: np.concatenate(v) for k, v in outputs.items()}
   valid = result.pop("mask") > 0
   result = {k: v[valid] for k, v in result.items()}
-  for name in scoring.ABLATIONS if ablations else ():  # {'silent_audio': {'maps': ..., ...}, ...}
-    result[name] = {k.split(":", 1)[1]: result.pop(k) for k in list(result) if k.startswith(name + ":")}
+  for name in scoring.ABLATIONS:  # {'silent_audio': {'maps': ..., ...}, ...} for each ablation that ran
+    if _key(name, "maps") in result:
+      result[name] = {k.split(":", 1)[1]: result.pop(k) for k in list(result) if k.startswith(name + ":")}
   bad = ~np.isfinite(result["maps"]).all(axis=tuple(range(1, result["maps"].ndim)))
   if bad.any():
-    names = input_pipeline.decode_ids(result["id"][bad][:5])
+    names = data_source.decode_ids(result["id"][bad][:5])
     raise FloatingPointError(
         f"The model produced non-finite heat maps for {int(bad.sum())} of {len(bad)} examples of {split!r} "
         f"(first: {names}). The weights are broken (diverged training, or converted weights with invalid "
@@ -199,7 +231,7 @@ def evaluate_split(config, model, variables, mesh, workdir: str, step: int, spli
       inputs.raw_maps, inputs.gt, nbox, protocol=config.eval.protocol, tau=inputs.tau, map_range=inputs.map_range,
       baselines=config.eval.baselines, seed=config.seed, binarize=inputs.binarize,
       fixed_threshold=inputs.threshold, ablations=ablations)
-  item_ids = input_pipeline.decode_ids(sharding.gather_rows(pred["id"][example_idx]))
+  item_ids = data_source.decode_ids(sharding.gather_rows(pred["id"][example_idx]))
   item_source = sharding.gather_rows(source_idx.astype(np.int64))
   item_class = sharding.gather_rows(pred["source_class"][example_idx, source_idx].astype(np.int64))
   result = {

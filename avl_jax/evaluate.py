@@ -49,7 +49,6 @@ import numpy as np  # noqa: E402
 from avl_jax import checkpointing  # noqa: E402
 from avl_jax import eval_lib  # noqa: E402
 from avl_jax import families  # noqa: E402
-from avl_jax import input_pipeline  # noqa: E402
 from avl_jax import cli  # noqa: E402
 from avl_jax import logs  # noqa: E402
 from avl_jax import resolve  # noqa: E402
@@ -58,6 +57,7 @@ from avl_jax import train  # noqa: E402
 from avl_jax import weights  # noqa: E402
 from avl_jax.evaluation import writers  # noqa: E402
 from avl_jax.metrics import predictions  # noqa: E402
+from avl_jax.pipeline import data_source  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file (checkpoint mode), e.g. configs/synthetic_av.py:tiny.", lock_config=True)
@@ -469,7 +469,7 @@ def main(argv):
     _run()
   except predictions.PredictionsError as e:
     cli.fail(e, 2)
-  except (FileNotFoundError, input_pipeline.DataError, resolve.ConfigError, writers.OutputNotWritableError,
+  except (FileNotFoundError, data_source.DataError, resolve.ConfigError, writers.OutputNotWritableError,
           checkpointing.CheckpointMismatchError, checkpointing.DamagedCheckpointError) as e:
     cli.fail(e, 1)
   except ValueError as e:

@@ -24,11 +24,12 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
-from avl_jax import input_pipeline
 from avl_jax import localize_clips
 from avl_jax import localize_model
 from avl_jax import localize_outputs
 from avl_jax.metrics import gt_maps
+from avl_jax.pipeline import data_config
+from avl_jax.pipeline import image_ops
 
 MAP_SIZE = gt_maps.GT_SIZE  # maps are upsampled to 224 x 224 (the evaluation resolution) before peaks are read
 DEFAULT_TOP_K = 2           # classes mapped per window when neither --top_k nor config.model.top_k is set
@@ -78,8 +79,8 @@ def model_inputs(model: localize_model.LoadedModel, clip: localize_clips.Clip,
                  batch_size: int) -> tuple[np.ndarray, np.ndarray]:
   """(normalised frames [batch_size, S, S, 3], waveforms [batch_size, N]) of up to batch_size windows; the
   batch is padded by repeating its last window, so every call has one shape (one compilation)."""
-  cfg = input_pipeline.DataConfig.from_config(model.config.dataset)
-  images = [input_pipeline.eval_image(Image.fromarray(frame), cfg)[0] for _, frame, _ in items]
+  cfg = data_config.DataConfig.from_config(model.config.dataset)
+  images = [image_ops.eval_image(Image.fromarray(frame), cfg)[0] for _, frame, _ in items]
   waves = [clip.audio[w.start_sample:w.start_sample + w.num_samples] for w, _, _ in items]
   pad = batch_size - len(items)
   return np.stack(images + images[-1:] * pad), np.stack(waves + waves[-1:] * pad).astype(np.float32)

@@ -18,9 +18,10 @@ import ml_collections
 
 from avl_jax import checkpointing
 from avl_jax import families
-from avl_jax import input_pipeline
 from avl_jax import optimizers
 from avl_jax.metrics import predictions
+from avl_jax.pipeline import data_source
+from avl_jax.pipeline import image_ops
 
 # Model fields that are layer counts or widths (when a model has them): positive integers.
 _POSITIVE_MODEL_INTS = ("resnet_width", "dim", "depth_vis", "depth_aud", "num_heads", "embed_dim", "top_k")
@@ -87,8 +88,8 @@ def _check_dataset(config: ml_collections.ConfigDict) -> None:
   _int(config, "dataset.num_workers", ds.num_workers, 0, " (0: in-process)")
   _int(config, "dataset.resize_size", ds.resize_size, ds.image_size, " (config.dataset.image_size, the crop)")
   _float(config, "dataset.audio_seconds", ds.audio_seconds, 0.0, low_open=True)
-  _choice("dataset.image_norm", ds.image_norm, sorted(input_pipeline.IMAGE_NORMS))
-  _choice("dataset.eval_resize", ds.eval_resize, input_pipeline.EVAL_RESIZES)
+  _choice("dataset.image_norm", ds.image_norm, sorted(image_ops.IMAGE_NORMS))
+  _choice("dataset.eval_resize", ds.eval_resize, image_ops.EVAL_RESIZES)
   splits = ds.eval_splits
   if isinstance(splits, str) or not all(isinstance(s, str) and s for s in splits):  # () = no evaluation
     raise ConfigError(f"config.dataset.eval_splits={splits!r}: must be a tuple of split names, e.g. "
@@ -128,7 +129,7 @@ def _check_model(config: ml_collections.ConfigDict) -> None:
 def _check_data(config: ml_collections.ConfigDict) -> None:
   """The dataset is prepared and has the train split and every eval split."""
   ds = config.dataset
-  info = input_pipeline.prepared_info(ds.name, ds.data_dir)  # FileNotFoundError with the fix if not built
+  info = data_source.prepared_info(ds.name, ds.data_dir)  # FileNotFoundError with the fix if not built
   available = list(info.splits.keys())
   wanted = [("dataset.train_split", ds.train_split)] + [("dataset.eval_splits", s) for s in ds.eval_splits]
   for field, split in wanted:
@@ -150,7 +151,7 @@ def num_train_steps(config: ml_collections.ConfigDict) -> int:
   if not config.get("num_epochs"):
     return config.num_train_steps
   ds = config.dataset
-  num_examples = len(input_pipeline.open_source(ds.name, ds.train_split, ds.data_dir, per_process=False))
+  num_examples = len(data_source.open_source(ds.name, ds.train_split, ds.data_dir, per_process=False))
   steps = max(1, math.ceil(config.num_epochs * num_examples / config.batch_size))
   logging.info("num_epochs=%g over %d %s examples at batch %d: %d steps.", config.num_epochs, num_examples,
                ds.train_split, config.batch_size, steps)

@@ -38,6 +38,7 @@ from avl_jax import param_rules
 from avl_jax import resolve
 from avl_jax import sharding
 from avl_jax.evaluation import writers
+from avl_jax.pipeline import image_ops
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -111,7 +112,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], consts: dict[str,
   dropout_rng, gumbel_rng = jax.random.split(rng)
   rngs = {"dropout": dropout_rng, "gumbel": gumbel_rng}
   # uint8 frames from the hosts (dataset.normalize_on_device) are normalised here, on the devices.
-  batch = dict(batch, image=input_pipeline.device_normalize_image(batch["image"], config.dataset.image_norm))
+  batch = dict(batch, image=image_ops.device_normalize_image(batch["image"], config.dataset.image_norm))
 
   def apply(params):
     return family.train_apply(model, {"params": params, "batch_stats": state.batch_stats}, consts, batch, rngs)

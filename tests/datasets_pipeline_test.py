@@ -11,6 +11,9 @@ from avl_jax import audio
 from avl_jax import config_lib
 from avl_jax import input_pipeline
 from avl_jax.datasets import fake_raw
+from avl_jax.pipeline import audio_ops
+from avl_jax.pipeline import data_source
+from avl_jax.pipeline import image_ops
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SETTINGS = {"music_solo": ("music", "solo", "frames"), "music_duet": ("music", "duet", "video"),
@@ -81,12 +84,12 @@ def test_eval_pipeline_reads_every_config(data_dirs, setting):
 def test_duet_eval_uses_the_fixed_partner(data_dirs, setting):
   config = _config(setting, data_dirs[setting])
   batch = next(iter(input_pipeline.create_eval_dataset(config, "test", 3, 1).dataset))
-  ids = input_pipeline.decode_ids(batch["id"])
-  source = input_pipeline.open_source(config.dataset.name, "test", config.dataset.data_dir)
+  ids = data_source.decode_ids(batch["id"])
+  source = data_source.open_source(config.dataset.name, "test", config.dataset.data_dir)
   partners = [source[i]["partner_id"].decode() for i in range(3)]
   for b, partner in enumerate(partners):
     assert partner and partner != ids[b]
-    frame = batch["source_image"][b, 1] * input_pipeline.IMAGENET_STD + input_pipeline.IMAGENET_MEAN
+    frame = batch["source_image"][b, 1] * image_ops.IMAGENET_STD + image_ops.IMAGENET_MEAN
     np.testing.assert_allclose(frame.reshape(-1, 3).mean(0) * 255, fake_raw.clip_colour(partner), atol=8)
   # The mixture is the own window plus the partner's; the official VGG-Instruments-multi switch drops it.
   config.dataset.eval_mix_partner_audio = False
@@ -95,16 +98,16 @@ def test_duet_eval_uses_the_fixed_partner(data_dirs, setting):
   for b in range(3):
     record = source[b]
     partner = {"id": b"p", "sample_rate": record["sample_rate"], "waveform": record["partner_waveform"]}
-    expected = own_only["waveform"][b] + audio.int16_to_float(input_pipeline.audio_window(partner, 16000, 16000))
+    expected = own_only["waveform"][b] + audio.int16_to_float(audio_ops.audio_window(partner, 16000, 16000))
     np.testing.assert_allclose(batch["waveform"][b], expected, atol=1e-6)
 
 
 def test_fast_train_records_match_tfds(data_dirs, tiny_data_dir):
   for name, data_dir in [("vggsound/duet", data_dirs["vggsound_duet"]), ("music/solo", data_dirs["music_solo"]),
                          ("synthetic_av/tiny", tiny_data_dir)]:
-    source = input_pipeline.open_source(name, "train", data_dir)
-    records = input_pipeline.train_records(source)
-    assert isinstance(records, input_pipeline.TrainRecords)
+    source = data_source.open_source(name, "train", data_dir)
+    records = data_source.train_records(source)
+    assert isinstance(records, data_source.TrainRecords)
     assert all(records.check(i) for i in range(len(records)))
 
 

@@ -35,6 +35,6 @@ def test_demo_script_builds_trains_evaluates_with_relative_paths(tmp_path):
   for split in ("test_single", "test_duet"):
     result_json = json.loads((tmp_path / "wd" / "eval" / f"{split}_2.json").read_text())
     assert result_json["step"] == 2 and set(result_json["metrics"]) == {
-        "model", "silent_audio", "shuffled_audio", "center_prior", "random"}
+        "model", "silent_audio", "shuffled_audio", "swapped_classes", "center_prior", "random"}
     assert (tmp_path / "wd" / "eval" / f"{split}_2.png").stat().st_size > 0
   assert not (REPO / "wd").exists()

@@ -25,7 +25,6 @@ from avl_jax import config_lib
 from avl_jax import checkpointing
 from avl_jax import eval_lib
 from avl_jax import evaluate
-from avl_jax import input_pipeline
 from avl_jax import sharding
 from avl_jax import train
 from avl_jax.evaluation import gt as eval_gt
@@ -34,6 +33,7 @@ from avl_jax.evaluation import writers
 from avl_jax.metrics import gt_maps
 from avl_jax.metrics import localization
 from avl_jax.metrics import predictions
+from avl_jax.pipeline import data_source
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN_STEPS = 6  # config.num_train_steps of the checkpoint tests
@@ -293,9 +293,9 @@ def test_watch_stops_at_the_final_step_or_after_the_timeout(tmp_path, tiny_confi
 
 
 def test_empty_split_is_a_clear_error(tiny_config, monkeypatch):
-  monkeypatch.setattr(input_pipeline, "open_source", lambda *args, **kwargs: [])
+  monkeypatch.setattr(data_source, "open_source", lambda *args, **kwargs: [])
   mesh = sharding.create_mesh(tiny_config.mesh)
-  with pytest.raises(input_pipeline.DataError, match="Eval split 'test_duet' of 'synthetic_av/tiny' is empty"):
+  with pytest.raises(data_source.DataError, match="Eval split 'test_duet' of 'synthetic_av/tiny' is empty"):
     eval_lib.predict_split(tiny_config, None, None, mesh, "test_duet")
 
 

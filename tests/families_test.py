@@ -13,7 +13,9 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GENERIC_FILES = ("train.py", "eval_lib.py", "evaluate.py", "input_pipeline.py", "checkpointing.py",
                  "evaluation/scoring.py", "evaluation/writers.py", "evaluation/gt.py", "weights.py",
                  "localize.py", "localize_lib.py", "localize_clips.py", "localize_model.py", "localize_outputs.py",
-                 "localize_synthetic.py")
+                 "localize_synthetic.py", "resampling.py", "pipeline/__init__.py", "pipeline/data_source.py",
+                 "pipeline/data_config.py", "pipeline/image_ops.py", "pipeline/audio_ops.py",
+                 "pipeline/train_transforms.py", "pipeline/global_order.py", "pipeline/eval_transforms.py")
 MODEL_WORDS = re.compile(r"avgn|ezvsl|tvsl|t-vsl|audioclip", re.IGNORECASE)
 ALLOWED: dict[str, str] = {}  # file -> a word it may contain (none today)
 
@@ -102,6 +104,18 @@ def test_family_dummy_inputs_initialise_the_model(model_name):
   inputs = family.dummy_inputs(config, 2)
   variables = jax.eval_shape(lambda: model.init(jax.random.key(0), **inputs, train=False))
   assert "params" in variables and jax.tree.leaves(variables["params"])
+
+
+def test_the_class_ablation_runs_for_models_that_map_the_classes_they_are_given():
+  tiny = os.path.join(REPO_ROOT, "configs", "synthetic_av.py")
+  for model_name, expected in (("avgn", True), ("ezvsl", False)):  # EZ-VSL's one map ignores the class
+    config = config_lib.load_config(tiny, f"tiny,model={model_name}")
+    assert families.of(config).maps_given_classes(config) is expected
+  for model_name in ("tvsl", "avgn_audioclip"):
+    config = config_lib.tvsl_paper_config("vggsound_duet", f"runlocal,model={model_name}")
+    assert families.of(config).maps_given_classes(config)
+    config.model.class_source = "predicted"  # the model's own classes: nothing to swap
+    assert not families.of(config).maps_given_classes(config)
 
 
 LOCALIZE_METHODS = ("localize_vocabulary", "localize_all_classes", "localize_postprocess", "localize_fields")

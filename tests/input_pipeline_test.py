@@ -5,6 +5,10 @@ import numpy as np
 import pytest
 
 from avl_jax import input_pipeline
+from avl_jax.pipeline import audio_ops
+from avl_jax.pipeline import data_source
+from avl_jax.pipeline import eval_transforms
+from avl_jax.pipeline import image_ops
 
 
 def _take(iterator, n):
@@ -36,19 +40,19 @@ def test_device_normalisation_matches_host_normalisation(tiny_config, norm):
   tiny_config.dataset.normalize_on_device = False
   host = next(iter(input_pipeline.create_train_dataset(tiny_config, 4, seed=5)))
   assert host["image"].dtype == np.float32
-  device = jax.jit(lambda x: input_pipeline.device_normalize_image(x, norm))(uint8["image"])
+  device = jax.jit(lambda x: image_ops.device_normalize_image(x, norm))(uint8["image"])
   np.testing.assert_allclose(np.asarray(device), host["image"], rtol=0, atol=1e-6)
   # Every one of the 256 x 3 levels: the jnp formula against the host lookup table.
   levels = np.broadcast_to(np.arange(256, dtype=np.uint8)[:, None, None], (256, 1, 3))
   from PIL import Image  # pylint: disable=g-import-not-at-top
-  table = input_pipeline.normalize_image(Image.fromarray(np.ascontiguousarray(levels)), norm)
-  np.testing.assert_allclose(np.asarray(input_pipeline.device_normalize_image(jax.numpy.asarray(levels), norm)),
+  table = image_ops.normalize_image(Image.fromarray(np.ascontiguousarray(levels)), norm)
+  np.testing.assert_allclose(np.asarray(image_ops.device_normalize_image(jax.numpy.asarray(levels), norm)),
                              table, rtol=0, atol=1e-6)
   for k in uint8:
     if k != "image":
       np.testing.assert_array_equal(uint8[k], host[k])
   # Already-normalised float input passes through unchanged.
-  assert input_pipeline.device_normalize_image(host["image"], norm) is host["image"]
+  assert image_ops.device_normalize_image(host["image"], norm) is host["image"]
 
 
 def test_train_pipeline_is_deterministic_and_seeded(tiny_config):
@@ -81,7 +85,7 @@ def test_eval_pipeline_pads_with_mask_and_counts_each_example_once(tiny_config):
   assert len(batches) == data.num_batches == -(-data.num_examples // 5)
   mask = np.concatenate([b["mask"] for b in batches])
   assert mask.sum() == data.num_examples and mask.shape == (data.num_batches * 5,)
-  ids = [i for b in batches for i, m in zip(input_pipeline.decode_ids(b["id"]), b["mask"]) if m]
+  ids = [i for b in batches for i, m in zip(data_source.decode_ids(b["id"]), b["mask"]) if m]
   assert len(set(ids)) == data.num_examples
   b = batches[0]
   assert b["source_class"].shape == (5, 2) and np.all(b["source_class"] >= 0)  # duet: both sources present
@@ -96,12 +100,12 @@ def test_eval_pipeline_pads_with_mask_and_counts_each_example_once(tiny_config):
 def test_single_split_pads_second_source(tiny_config):
   data = input_pipeline.create_eval_dataset(tiny_config, "test_single", per_host_batch=4, num_processes=1)
   b = next(iter(data.dataset))
-  assert np.all(b["source_class"][:, 1] == input_pipeline.PAD_CLASS)
+  assert np.all(b["source_class"][:, 1] == eval_transforms.PAD_CLASS)
 
 
 def test_wrong_sample_rate_is_a_clear_error(tiny_config):
   tiny_config.dataset.sample_rate = 22050
-  with pytest.raises(input_pipeline.DataError, match="sample rate 16000 Hz, the config expects 22050"):
+  with pytest.raises(data_source.DataError, match="sample rate 16000 Hz, the config expects 22050"):
     _take(iter(input_pipeline.create_train_dataset(tiny_config, 4, seed=0)), 1)
 
 
@@ -113,26 +117,26 @@ def test_missing_dataset_is_a_clear_error(tiny_config, tmp_path):
 
 def test_audio_window_centre_and_tiling():
   record = {"id": b"x", "sample_rate": 10, "waveform": np.arange(30, dtype=np.int16)}
-  np.testing.assert_array_equal(input_pipeline.audio_window(record, 10, 10), np.arange(10, 20))
+  np.testing.assert_array_equal(audio_ops.audio_window(record, 10, 10), np.arange(10, 20))
   short = {"id": b"y", "sample_rate": 10, "waveform": np.arange(4, dtype=np.int16)}
-  np.testing.assert_array_equal(input_pipeline.audio_window(short, 10, 10), [0, 1, 2, 3, 0, 1, 2, 3, 0, 1])
+  np.testing.assert_array_equal(audio_ops.audio_window(short, 10, 10), [0, 1, 2, 3, 0, 1, 2, 3, 0, 1])
 
 
 
 
 def test_class_index_is_cached_next_to_the_dataset_and_checked(tiny_config, monkeypatch):
   """Mixing needs every training record's class: computed once, cached in the dataset dir, re-validated."""
-  source = input_pipeline.open_source(tiny_config.dataset.name, "train", tiny_config.dataset.data_dir)
-  records = input_pipeline.train_records(source)
-  want = input_pipeline.primary_classes(records, tiny_config.dataset.num_classes)
+  source = data_source.open_source(tiny_config.dataset.name, "train", tiny_config.dataset.data_dir)
+  records = data_source.train_records(source)
+  want = data_source.primary_classes(records, tiny_config.dataset.num_classes)
   cache = (pathlib.Path(source.dataset_info.data_dir) / f"class_index-train-0of1-{len(records)}.npy")
   cache.unlink(missing_ok=True)
   first = next(iter(input_pipeline.create_train_dataset(tiny_config, 4, seed=2)))
   np.testing.assert_array_equal(np.load(cache), want)
   # Later starts read the cache instead of every record.
   calls = []
-  original = input_pipeline.primary_classes
-  monkeypatch.setattr(input_pipeline, "primary_classes", lambda *a: calls.append(1) or original(*a))
+  original = data_source.primary_classes
+  monkeypatch.setattr(data_source, "primary_classes", lambda *a: calls.append(1) or original(*a))
   again = next(iter(input_pipeline.create_train_dataset(tiny_config, 4, seed=2)))
   assert not calls
   for key in first:

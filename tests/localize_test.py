@@ -260,7 +260,8 @@ def test_trained_model_peaks_on_the_sounding_object(tmp_path):
     group, field = name.split(".")
     config[group][field] = value
   config.num_train_steps = config.checkpoint_every_steps = 500
-  config.dataset.num_workers, config.dataset.eval_splits, config.eval.audio_ablations = 0, ("test_single",), False
+  config.dataset.num_workers, config.dataset.eval_splits = 0, ("test_single",)
+  config.eval.audio_ablations = config.eval.class_ablation = False
   train.train_and_evaluate(config, workdir)
 
   clip = str(tmp_path / "scenes.mp4")

@@ -9,6 +9,7 @@ import json
 import numpy as np
 import pytest
 
+from avl_jax import resampling
 from avl_jax.evaluation import gt as gt_lib
 from avl_jax.metrics import aggregates
 from avl_jax.metrics import gt_maps
@@ -210,10 +211,10 @@ def test_gt_map_combine_rules():
 
 def test_resize_mask_nearest_is_opencv_like():
   mask = np.arange(448 * 448).reshape(448, 448)
-  out = gt_maps.resize_mask_nearest(mask, (224, 224))
+  out = resampling.resize_mask_nearest(mask, (224, 224))
   np.testing.assert_array_equal(out, mask[::2, ::2])  # src = 2·dst, no half-pixel offset.
   small = np.arange(300).reshape(1, 300).repeat(2, 0)
-  cols = gt_maps.resize_mask_nearest(small, (224, 224))[0]
+  cols = resampling.resize_mask_nearest(small, (224, 224))[0]
   np.testing.assert_array_equal(cols, np.minimum(np.floor(np.arange(224) * (1 / (224 / 300))), 299))
   assert gt_maps.mask_to_gt_map(np.full((10, 10), 3), "official").max() == 3
   assert gt_maps.mask_to_gt_map(np.full((10, 10), 3), "standard").max() == 1

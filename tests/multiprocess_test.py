@@ -109,7 +109,8 @@ def _named(tree) -> dict[str, np.ndarray]:
 def test_two_processes_train_resume_evaluate_and_equal_one_process(tiny_config, tiny_data_dir, tmp_path):
   workdir, single = tmp_path / "w", tmp_path / "single"
   config = [f"--config={REPO}/configs/synthetic_av.py:tiny,data_dir={tiny_data_dir}",
-            "--config.checkpoint_every_steps=2", "--config.eval.audio_ablations=False", "--config.eval.baselines=False",
+            "--config.checkpoint_every_steps=2", "--config.eval.audio_ablations=False",
+            "--config.eval.class_ablation=False", "--config.eval.baselines=False",
             "--config.eval.num_visualize=0", "--config.dataset.eval_splits=('test_single',)",
             f"--config.compilation_cache_dir={tmp_path / 'jit'}"]
   # The reference: one process with 2 devices, the same global batch of 8, 4 steps straight. It runs beside the

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from avl_jax import config_lib
-from avl_jax import input_pipeline
 from avl_jax import resolve
 from avl_jax import train
+from avl_jax.pipeline import data_source
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SETTINGS = sorted(config_lib.PAPER_SETTINGS)
@@ -48,7 +48,7 @@ def test_paper_recipe(name):
 def test_num_epochs_sets_the_step_count(tiny_config):
   config = tiny_config
   config.num_epochs = 2.5
-  source = input_pipeline.open_source(config.dataset.name, "train", config.dataset.data_dir, per_process=False)
+  source = data_source.open_source(config.dataset.name, "train", config.dataset.data_dir, per_process=False)
   assert resolve.num_train_steps(config) == math.ceil(2.5 * len(source) / config.batch_size)
   config.num_epochs = None
   assert resolve.num_train_steps(config) == config.num_train_steps

@@ -1,4 +1,4 @@
-"""Tests of avl_jax.metrics.postprocess: PyTorch bicubic and the official map post-processing.
+"""Tests of avl_jax.resampling (PyTorch bicubic) and avl_jax.metrics.postprocess (the official map post-processing).
 
 Golden files (tests/testdata/avgn, README in tests/testdata): `bicubic.npz` (torch F.interpolate outputs) and
 `outputs.npz` (AVGN `validate` post-processing of the official model's `Savl`).
@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from avl_jax import resampling
 from avl_jax.metrics import postprocess
 
 
@@ -23,7 +24,7 @@ def outputs(golden_dir):
 
 def test_bicubic_1d_hand_values():
   """docs/metrics.md T9: 1-D 7 -> 224 of [0, ..., 6] and of a delta."""
-  matrix = postprocess.bicubic_matrix(7, 224)
+  matrix = resampling.bicubic_matrix(7, 224)
   out = matrix @ np.arange(7.0)
   np.testing.assert_allclose(out[[0, 1, 16, 111, 112, 223]],
                              [-0.0965852737, -0.1016378403, 0.0117197037, 2.9769248962, 3.0230751038,
@@ -39,7 +40,7 @@ def test_bicubic_2d_delta():
   """T9: 7x7 delta at (3, 3) -> max 0.9989112005 at (111, 111), min -0.1110301659."""
   delta = np.zeros((1, 7, 7))
   delta[0, 3, 3] = 1
-  out = postprocess.upsample_bicubic(delta, (224, 224))[0]
+  out = resampling.upsample_bicubic(delta, (224, 224))[0]
   assert np.unravel_index(out.argmax(), out.shape) == (111, 111)
   np.testing.assert_allclose([out.max(), out.min()], [0.9989112005, -0.1110301659], atol=1e-10)
 
@@ -49,9 +50,9 @@ def test_bicubic_matches_torch(bicubic_golden, align_corners):
   """float64 to ~1e-12 of torch's float64 kernel; float32 within a few float32 ulps of torch's float32."""
   name = f"out_align_corners_{str(align_corners).lower()}"
   x = bicubic_golden["input"][:, 0]
-  out64 = postprocess.upsample_bicubic(x.astype(np.float64), (224, 224), align_corners)
+  out64 = resampling.upsample_bicubic(x.astype(np.float64), (224, 224), align_corners)
   np.testing.assert_allclose(out64, bicubic_golden[name + "_f64"][:, 0], rtol=0, atol=1e-12)
-  out32 = postprocess.upsample_bicubic(x, (224, 224), align_corners)
+  out32 = resampling.upsample_bicubic(x, (224, 224), align_corners)
   assert out32.dtype == np.float32
   # torch accumulates the 16 taps in float32 (|values| < 45 here: 1 ulp <= 3.8e-6).
   np.testing.assert_allclose(out32, bicubic_golden[name][:, 0], rtol=0, atol=3e-5)
@@ -60,15 +61,15 @@ def test_bicubic_matches_torch(bicubic_golden, align_corners):
 @pytest.mark.parametrize("align_corners", [False, True])
 def test_jax_bicubic_matches_numpy(bicubic_golden, align_corners):
   x = bicubic_golden["input"][:, 0]
-  expected = postprocess.upsample_bicubic(x.astype(np.float64), (224, 224), align_corners)
-  upsample = jax.jit(lambda m: postprocess.upsample_bicubic_jax(m, (224, 224), align_corners))
+  expected = resampling.upsample_bicubic(x.astype(np.float64), (224, 224), align_corners)
+  upsample = jax.jit(lambda m: resampling.upsample_bicubic_jax(m, (224, 224), align_corners))
   out = np.asarray(upsample(jnp.asarray(x)))
   assert out.shape == (2, 224, 224) and out.dtype == np.float32
   np.testing.assert_allclose(out, expected, rtol=0, atol=3e-5)
   # Non-square and batched leading axes.
   y = np.random.default_rng(0).standard_normal((3, 2, 7, 14))
-  out = postprocess.upsample_bicubic_jax(jnp.asarray(y, jnp.float32), (224, 448), align_corners)
-  np.testing.assert_allclose(np.asarray(out), postprocess.upsample_bicubic(y, (224, 448), align_corners),
+  out = resampling.upsample_bicubic_jax(jnp.asarray(y, jnp.float32), (224, 448), align_corners)
+  np.testing.assert_allclose(np.asarray(out), resampling.upsample_bicubic(y, (224, 448), align_corners),
                              rtol=0, atol=1e-5)
 
 

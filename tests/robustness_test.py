@@ -29,7 +29,7 @@ def _fast(config):
   """The tiny config with a cheap final evaluation (one split, no ablations, no baselines, no PNG)."""
   config.checkpoint_every_steps = 2
   config.dataset.eval_splits = ("test_single",)
-  config.eval.audio_ablations = False
+  config.eval.audio_ablations = config.eval.class_ablation = False
   config.eval.baselines = False
   config.eval.num_visualize = 0
   return config
@@ -205,7 +205,7 @@ def test_resolve_checks_max_boxes_against_the_built_dataset(tiny_config, monkeyp
   class Info:  # what a raw builder records (datasets/builder_lib.py, metadata 'boxes')
     splits = {"train": None, "test_single": None, "test_duet": None}
     metadata = {"boxes": {"test_duet": {"max_boxes": 17, "max_sources": 2}}}
-  monkeypatch.setattr(resolve.input_pipeline, "prepared_info", lambda name, data_dir: Info)
+  monkeypatch.setattr(resolve.data_source, "prepared_info", lambda name, data_dir: Info)
   with pytest.raises(resolve.ConfigError, match="max_boxes=16: split 'test_duet'.*17"):
     resolve.resolve(tiny_config)
   tiny_config.dataset.max_boxes = 17

@@ -28,6 +28,15 @@ def test_shuffled_audio_is_a_derangement_of_the_valid_rows():
   assert single[:, 0].tolist() == [10, 0]
 
 
+def test_swapped_classes_give_every_source_a_class_that_is_not_its_own():
+  source_class = np.array([[3, 5], [2, -1], [4, 4], [-1, -1], [7, 1]], np.int32)
+  swapped = eval_lib.swapped_classes(source_class, 8)
+  # Two sources trade classes; one source (or two of one class) takes the next class id; padding stays.
+  assert swapped.tolist() == [[5, 3], [3, -1], [5, 5], [-1, -1], [1, 7]]
+  assert swapped.dtype == source_class.dtype
+  assert eval_lib.swapped_classes(np.array([[7, -1]]), 8).tolist() == [[0, -1]]  # wraps around
+
+
 def test_audio_classification_map_top1_and_chance():
   source_class = np.array([[0, 1], [2, -1], [1, -1], [3, 2]])
   perfect = np.full((4, 4), -5.0)
@@ -128,7 +137,11 @@ def test_evaluation_scores_audio_ablations_and_the_audio_classifier(tiny_state, 
   for name in scoring.ABLATIONS:
     assert pred[name]["maps"].shape == pred["maps"].shape
     assert not np.allclose(pred[name]["maps"], pred["maps"])
+  for name in scoring.AUDIO_ABLATIONS:
     assert not np.allclose(pred[name]["class_scores"], pred["class_scores"])
+  # Swapping the classes leaves the audio alone: each source's map is the map of the class it was given.
+  assert set(pred["swapped_classes"]) == {"maps"}
+  assert "swapped_classes/audio_classification" not in result
   with open(tmp_path / "eval" / "test_duet_3.csv") as f:
     header = next(csv.reader(f))
   assert {"silent_audio_ciou", "shuffled_audio_ap", "center_prior_ciou"} <= set(header)
@@ -162,10 +175,10 @@ def test_tensorboard_gets_ablations_audio_map_and_heatmaps(tiny_state, tmp_path)
 
 def test_heatmap_png_has_a_column_per_used_source_and_class_names(tiny_state, tmp_path):
   from PIL import Image  # pylint: disable=g-import-not-at-top
-  from avl_jax import input_pipeline  # pylint: disable=g-import-not-at-top
   from avl_jax.datasets.synthetic_av import generator  # pylint: disable=g-import-not-at-top
+  from avl_jax.pipeline import data_source  # pylint: disable=g-import-not-at-top
   config, mesh, model, state = tiny_state
-  assert input_pipeline.dataset_class_names(config) == generator.class_names(8)
+  assert data_source.dataset_class_names(config) == generator.class_names(8)
   tile = 224 + 4
   for split, columns in (("test_single", 2), ("test_duet", 3)):  # the frame, then one panel per source
     eval_lib.evaluate_split(config, model, state.variables, mesh, str(tmp_path), 6, split)

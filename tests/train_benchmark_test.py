@@ -13,6 +13,7 @@ from avl_jax import input_pipeline
 from avl_jax import train
 from avl_jax.benchmarks import train_benchmark
 from avl_jax.models import ezvsl
+from avl_jax.pipeline import image_ops
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 RNGS = {"dropout": jax.random.PRNGKey(1), "gumbel": jax.random.PRNGKey(2)}
@@ -43,7 +44,7 @@ def _loss_and_grads(config, variables=None):
     variables = jax.jit(lambda: model.init({"params": _init_key()}, **family.dummy_inputs(config, 2),
                                            train=False))()
   host = train_benchmark.synthetic_batch(config, config.batch_size)
-  batch = dict(host, image=input_pipeline.device_normalize_image(jnp.asarray(host["image"])))
+  batch = dict(host, image=image_ops.device_normalize_image(jnp.asarray(host["image"])))
 
   def loss_fn(params):
     (losses, _), state = family.train_apply(

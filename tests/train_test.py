@@ -102,7 +102,8 @@ def test_train_checkpoint_resume_evaluate(tiny_config, tmp_path):
       result = json.load(f)
     assert result["num_examples"] == 12 and result["step"] == 4
     assert result["num_items"] == (24 if split == "test_duet" else 12)
-    assert set(result["metrics"]) == {"model", "silent_audio", "shuffled_audio", "center_prior", "random"}
+    assert set(result["metrics"]) == {"model", "silent_audio", "shuffled_audio", "swapped_classes", "center_prior",
+                                      "random"}
     for summary in result["metrics"].values():
       assert 0.0 <= summary["ciou_mean"] <= 1.0 and 0.0 <= summary["auc"] <= 1.0
     assert os.path.getsize(os.path.join(workdir_a, "eval", f"{split}_4.png")) > 1000
@@ -174,7 +175,7 @@ def test_worker_processes_leave_no_shared_memory_behind(tiny_data_dir, tmp_path)
   """With grain worker processes, a finished run frees every shared-memory batch (no resource-tracker warning)."""
   cmd = [sys.executable, "-m", "avl_jax.main", f"--config={REPO}/configs/synthetic_av.py:tiny,steps=2,"
          f"data_dir={tiny_data_dir}", "--config.dataset.num_workers=2", "--config.eval.baselines=False",
-         "--config.eval.audio_ablations=False", f"--workdir={tmp_path}"]
+         "--config.eval.audio_ablations=False", "--config.eval.class_ablation=False", f"--workdir={tmp_path}"]
   proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "test_duet (step 2," in proc.stdout + proc.stderr

@@ -19,6 +19,9 @@ from avl_jax import train
 from avl_jax.evaluation import scoring
 from avl_jax.families import tvsl_bank
 from avl_jax.models.tvsl import text_bank as text_bank_lib
+from avl_jax.pipeline import data_config
+from avl_jax.pipeline import data_source
+from avl_jax.pipeline import image_ops
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SETTINGS = sorted(config_lib.TVSL_SETTINGS)
@@ -129,15 +132,15 @@ def test_canvas_training_batches(tiny_data_dir, bpe_path):
   assert np.all(batch["source_class"][:, 0] != batch["source_class"][:, 1])  # partner of another class
   # uint8 halves (CLIP-normalised in the step), two different pictures.
   assert batch["image"].dtype == np.uint8
-  normalized = np.asarray(input_pipeline.device_normalize_image(batch["image"], "clip"))
-  np.testing.assert_allclose(normalized[0], input_pipeline.normalize_image(Image.fromarray(batch["image"][0]), "clip"),
+  normalized = np.asarray(image_ops.device_normalize_image(batch["image"], "clip"))
+  np.testing.assert_allclose(normalized[0], image_ops.normalize_image(Image.fromarray(batch["image"][0]), "clip"),
                              atol=1e-6)
   assert not np.array_equal(batch["image"][:, :, :size], batch["image"][:, :, size:])
   # The same seed gives the same batch (resumable); without mixing the canvas is refused.
   again = next(iter(input_pipeline.create_train_dataset(config, 4, seed=0)))
   np.testing.assert_array_equal(again["image"], batch["image"])
   config.dataset.mix = False
-  with pytest.raises(input_pipeline.DataError, match="canvas"):
+  with pytest.raises(data_source.DataError, match="canvas"):
     input_pipeline.create_train_dataset(config, 4, seed=0)
 
 
@@ -329,18 +332,19 @@ def test_predicted_classes_and_zero_shot_query_on_synthetic_av(tiny_data_dir, bp
 def test_eval_resize_torch_tensor_is_pytorch_bicubic_without_antialias():
   """T-VSL's test transform: the [0, 1] tensor resized by PyTorch bicubic (no antialias, not clamped), then the
   CLIP normalisation; AVGN's 'pil' path is PIL's antialiased bicubic."""
-  from avl_jax.metrics import postprocess  # pylint: disable=g-import-not-at-top
+  from avl_jax import resampling  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(0)
   frame = Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8))
-  cfg = input_pipeline.DataConfig(num_classes=2, image_size=24, resize_size=24, sample_rate=16000, num_samples=1,
-                                  max_sources=1, max_boxes=1, image_norm="clip", eval_resize="torch_tensor")
-  normalized, shown = input_pipeline.eval_image(frame, cfg)
+  cfg = data_config.DataConfig(num_classes=2, image_size=24, resize_size=24, sample_rate=16000, num_samples=1,
+                               max_sources=1, max_boxes=1, eval_mix_partner_audio=True, per_source_frames=True,
+                               image_norm="clip", canvas=False, eval_resize="torch_tensor", normalize_on_device=True)
+  normalized, shown = image_ops.eval_image(frame, cfg)
   pixels = np.asarray(frame, np.float64).transpose(2, 0, 1) / 255.0
-  expected = postprocess.upsample_bicubic(pixels, (24, 24)).transpose(1, 2, 0)
-  expected = (expected - input_pipeline.CLIP_MEAN) / input_pipeline.CLIP_STD
+  expected = resampling.upsample_bicubic(pixels, (24, 24)).transpose(1, 2, 0)
+  expected = (expected - image_ops.CLIP_MEAN) / image_ops.CLIP_STD
   np.testing.assert_allclose(normalized, expected, atol=2e-5)
   assert shown.size == (24, 24)
-  pil, _ = input_pipeline.eval_image(frame, input_pipeline.DataConfig(**{**cfg.__dict__, "eval_resize": "pil"}))
+  pil, _ = image_ops.eval_image(frame, data_config.DataConfig(**{**cfg.__dict__, "eval_resize": "pil"}))
   assert np.abs(pil - normalized).max() > 0.05  # antialiasing makes a difference when shrinking 2x
   with pytest.raises(ValueError, match="eval_resize"):
-    input_pipeline.eval_image(frame, input_pipeline.DataConfig(**{**cfg.__dict__, "eval_resize": "cv2"}))
+    image_ops.eval_image(frame, data_config.DataConfig(**{**cfg.__dict__, "eval_resize": "cv2"}))

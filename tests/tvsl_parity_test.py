@@ -17,9 +17,9 @@ import pytest
 import scipy.special
 
 from avl_jax import checkpointing
+from avl_jax import resampling
 from avl_jax.convert import audioclip_weights
 from avl_jax.convert import tvsl_weights
-from avl_jax.metrics import postprocess as metrics_postprocess
 from avl_jax.models import tvsl
 from avl_jax.models.tvsl import postprocess as tvsl_postprocess
 
@@ -264,7 +264,7 @@ def float64_head_maps(variables, reference, class_rows) -> np.ndarray:
 
 def float64_scores(raw_maps: np.ndarray) -> np.ndarray:
   """Bicubic (float64 matrices), min-max and inversion in float64: [..., 224, 448]."""
-  upsampled = metrics_postprocess.upsample_bicubic(np.asarray(raw_maps, np.float64), (224, 448))
+  upsampled = resampling.upsample_bicubic(np.asarray(raw_maps, np.float64), (224, 448))
   low = upsampled.min(axis=(-2, -1), keepdims=True)
   high = upsampled.max(axis=(-2, -1), keepdims=True)
   return (high - upsampled) / (high - low)

@@ -15,6 +15,7 @@ import time
 
 import numpy as np
 
+from avl_jax import resampling
 from avl_jax.metrics import aggregates
 from avl_jax.metrics import gt_maps
 from avl_jax.metrics import localization
@@ -60,7 +61,7 @@ def reference_scores(raw: np.ndarray, gt: np.ndarray, tau: float = postprocess.O
   """Naive per-map loop: ciou, piap_official, pixel_ap and conf for each map."""
   out = {k: np.zeros(len(raw)) for k in ("ciou", "piap_official", "pixel_ap", "conf")}
   for n in range(len(raw)):
-    upsampled = postprocess.upsample_bicubic(raw[n], (gt_maps.GT_SIZE, gt_maps.GT_SIZE))
+    upsampled = resampling.upsample_bicubic(raw[n], (gt_maps.GT_SIZE, gt_maps.GT_SIZE))
     scores = (upsampled - np.float32(-1 / tau)) / np.float32(2 / tau)
     pred = (scores - scores.min()) / (scores.max() - scores.min())
     out["conf"][n] = np.sort(scores.reshape(-1))[-(scores.size // 4):].mean()

@@ -37,6 +37,7 @@ from avl_jax import input_pipeline  # noqa: E402
 from avl_jax.datasets import fake_raw  # noqa: E402
 from avl_jax.datasets import raw  # noqa: E402
 from avl_jax.datasets import vggsound  # noqa: E402
+from avl_jax.pipeline import image_ops  # noqa: E402
 
 _NUM_EXAMPLES = flags.DEFINE_integer("num_examples", 500, "Clips in the fake VGGSound-shaped dataset.")
 _CLIP_SECONDS = flags.DEFINE_float("clip_seconds", 10.0, "Audio length of each clip.")
@@ -135,7 +136,7 @@ def _official_image(root: str, clip_id: str, rng: np.random.Generator) -> np.nda
   image = image.crop((left, top, left + IMAGE_SIZE, top + IMAGE_SIZE))
   if rng.random() < 0.5:
     image = image.transpose(Image.FLIP_LEFT_RIGHT)
-  return input_pipeline.normalize_image(image)
+  return image_ops.normalize_image(image)
 
 
 def _official_audio(root: str, clip_id: str) -> tuple[np.ndarray, int]:

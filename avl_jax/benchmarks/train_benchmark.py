@@ -170,7 +170,7 @@ def synthetic_batch(config: ml_collections.ConfigDict, batch: int, seed: int = 0
   image: uint8 [B, S, S, 3] (normalised float32 with dataset.normalize_on_device=False; [B, S, 2S, 3] with
   dataset.canvas); waveform float32 [B, N] (own + partner in [-2, 2] with dataset.mix, else [-1, 1]);
   visual_class int32 [B]; audio_label float32 [B, C] (own + partner one-hot); source_class int32 [B, 2] ([B, 1]
-  without mix). The partner's class differs from the own class, as in `input_pipeline.MixWithPartner`.
+  without mix). The partner's class differs from the own class, as in `train_transforms.MixWithPartner`.
   """
   ds = config.dataset
   rng = np.random.default_rng(seed)

@@ -10,9 +10,9 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from avl_jax import input_pipeline
 from avl_jax import sharding
 from avl_jax.metrics import gt_maps
+from avl_jax.pipeline import data_source
 
 
 def apply_rules(config: ml_collections.ConfigDict, pred: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -87,10 +87,10 @@ def official_duet_gt_bug(pred: dict[str, Any]) -> tuple[dict[str, Any], int]:
   no such GT (the partner's partner is not an example of the split, e.g. skipped at preparation: empty GT).
   The partners are looked up over every host's examples.
   """
-  ids = input_pipeline.decode_ids(sharding.gather_rows(pred["id"]))
+  ids = data_source.decode_ids(sharding.gather_rows(pred["id"]))
   all_raw, all_boxes, all_source = (sharding.gather_rows(pred[k]) for k in ("boxes_raw", "boxes", "box_source"))
   row_of = {example_id: r for r, example_id in enumerate(ids)}
-  partners = input_pipeline.decode_ids(pred["partner_id"])
+  partners = data_source.decode_ids(pred["partner_id"])
   boxes_raw, boxes = np.full_like(pred["boxes_raw"], -1.0), np.full_like(pred["boxes"], -1.0)
   box_source = np.full_like(pred["box_source"], -1)
   missing = 0

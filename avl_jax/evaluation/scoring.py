@@ -1,7 +1,8 @@
 """Scoring: the model's maps and the baselines through the same metric code, per-item tables, source matching.
 
 Methods are scored on the same items, GT and post-processing: the model, the model with silent or another
-example's audio (`ABLATIONS`), the centre prior and uniform random maps at the model's map resolution
+example's audio (`AUDIO_ABLATIONS`), the model given each source another source's class (`CLASS_ABLATIONS`,
+oracle-class models), the centre prior and uniform random maps at the model's map resolution
 (`BASELINES`). `match_sources` is the permutation-invariant assignment of
 predicted maps to GT sources used by every family's predicted-class evaluation.
 """
@@ -15,7 +16,9 @@ from avl_jax.metrics import gt_maps
 from avl_jax.metrics import localization
 from avl_jax.metrics import ranking
 
-ABLATIONS = ("silent_audio", "shuffled_audio")  # the model with its audio replaced (eval_lib.predict_split)
+AUDIO_ABLATIONS = ("silent_audio", "shuffled_audio")  # the model with its audio replaced (eval_lib.predict_split)
+CLASS_ABLATIONS = ("swapped_classes",)  # the model with its oracle classes swapped (eval_lib.swapped_classes)
+ABLATIONS = AUDIO_ABLATIONS + CLASS_ABLATIONS
 BASELINES = ("center_prior", "random")
 METHODS = ("model",) + ABLATIONS + BASELINES
 

@@ -10,10 +10,10 @@ from typing import Any
 
 import numpy as np
 
-from avl_jax import input_pipeline
 from avl_jax import visualize
 from avl_jax.metrics import gt_maps
 from avl_jax.metrics import postprocess
+from avl_jax.pipeline import data_source
 
 # Per-item CSV: `ap` is the true pixel AP (summary key `pixel_ap`; empty GT -> nan) under both protocols, and
 # `piap_official` the official swapped-argument "piap"; `area` is the GT area as a fraction of the GT map (224 x 224).
@@ -153,7 +153,7 @@ def prediction_arrays(pred: dict[str, np.ndarray], tau: float, step: int | None 
     rows = pred["box_source"] == s
     boxes[:, s][rows] = pred["boxes"][rows]
   return dict(maps=pred["maps"].astype(np.float32), boxes=boxes, box_format="xyxy", box_combine="binarize",
-              num_sources=present.sum(axis=1), class_ids=source_class, ids=input_pipeline.decode_ids(pred["id"]),
+              num_sources=present.sum(axis=1), class_ids=source_class, ids=data_source.decode_ids(pred["id"]),
               map_range="logits", tau=np.float64(tau), step=None if step is None else int(step))
 
 
@@ -197,11 +197,11 @@ def format_comparison(results: list[dict[str, Any]], keys=TABLE_KEYS) -> str:
   Rows: each result's model and audio ablations, labelled with its class source, then the baselines once
   (they do not depend on the class source). Below: each result's audio-classifier line.
   """
-  header = f"{'method':<34}" + "".join(f"{k:>15}" for k in keys)
+  header = f"{'method':<36}" + "".join(f"{k:>15}" for k in keys)
   rows = [header, "-" * len(header)]
 
   def row(label, summary):
-    rows.append(f"{label:<34}" + "".join(f"{float(summary.get(k, float('nan'))):>15.4f}" for k in keys))
+    rows.append(f"{label:<36}" + "".join(f"{float(summary.get(k, float('nan'))):>15.4f}" for k in keys))
   baselines = {}
   for result in results:
     source = result.get("class_source")
@@ -227,8 +227,8 @@ def format_comparison(results: list[dict[str, Any]], keys=TABLE_KEYS) -> str:
 
 def format_table(result: dict[str, Any], keys=TABLE_KEYS) -> str:
   """A fixed-width text table: one row per method, one column per metric."""
-  header = f"{'method':<14}" + "".join(f"{k:>15}" for k in keys)
+  header = f"{'method':<16}" + "".join(f"{k:>15}" for k in keys)
   rows = [header, "-" * len(header)]
   for method, summary in result["metrics"].items():
-    rows.append(f"{method:<14}" + "".join(f"{float(summary.get(k, float('nan'))):>15.4f}" for k in keys))
+    rows.append(f"{method:<16}" + "".join(f"{float(summary.get(k, float('nan'))):>15.4f}" for k in keys))
   return "\n".join(rows)

@@ -20,13 +20,13 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from avl_jax import input_pipeline
 from avl_jax import models
 from avl_jax.evaluation import scoring
 from avl_jax.evaluation import writers
 from avl_jax.families import base
 from avl_jax.metrics import postprocess
 from avl_jax.models import avgn as avgn_model
+from avl_jax.pipeline import data_source
 
 # Frames each model expects (config.dataset.image_norm): the AudioCLIP towers read CLIP-normalised frames.
 IMAGE_NORM = {"avgn": None, "ezvsl": None, "avgn_audioclip": "clip"}
@@ -64,6 +64,9 @@ class AVGNFamily(base.Family):
 
   def predicted(self, config: ml_collections.ConfigDict) -> bool:
     return self.has_audio_classifier(config) and self.field(config, "class_source") == "predicted"
+
+  def maps_given_classes(self, config: ml_collections.ConfigDict) -> bool:
+    return self.has_audio_classifier(config) and not self.predicted(config)
 
   def localize(self, config, model, variables, consts, image, waveform, class_ids):
     del consts
@@ -105,7 +108,7 @@ class AVGNFamily(base.Family):
     classes = np.where(pred["pred_valid"], pred["pred_rows"], -1) if predicted else pred["source_class"]
     writers.write_heatmaps(path, pred["image_uint8"][:n], pred["maps"][:n], pred["boxes"][:n],
                            pred["box_source"][:n], classes[:n], self.tau(config),
-                           class_names=input_pipeline.dataset_class_names(config),
+                           class_names=data_source.dataset_class_names(config),
                            every_box_on_every_panel=predicted)
 
   # ---------------------------------------------------------------------------------------------- localization

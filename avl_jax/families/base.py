@@ -19,8 +19,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from avl_jax import input_pipeline
 from avl_jax import models
+from avl_jax.pipeline import data_source
 
 AGNOSTIC_CLASS = "sounding_object"  # the one vocabulary entry of a class-agnostic model's single map
 
@@ -37,7 +37,7 @@ def same_class_name(a: str, b: str) -> bool:
 
 def dataset_vocabulary(config: ml_collections.ConfigDict) -> list[str]:
   """The dataset's class names in label order ('class {i}' where its TFDS metadata has none)."""
-  names = input_pipeline.dataset_class_names(config)
+  names = data_source.dataset_class_names(config)
   return list(names) if names else [f"class {i}" for i in range(config.dataset.num_classes)]
 
 
@@ -141,6 +141,12 @@ class Family:
       class_ids: [B, S] dataset labels of the sources (-1 padding): the oracle classes.
     """
     raise NotImplementedError
+
+  def maps_given_classes(self, config: ml_collections.ConfigDict) -> bool:
+    """Whether `localize` maps the class ids it is given (oracle classes): then the evaluator also scores the
+    `swapped_classes` ablation. False for class-agnostic maps and for maps of the model's own predicted classes."""
+    del config
+    return False
 
   def eval_views(self, config: ml_collections.ConfigDict, batch: dict[str, np.ndarray],
                  partner_frames: bool) -> EvalViews:

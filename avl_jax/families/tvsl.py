@@ -23,7 +23,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from avl_jax import input_pipeline
 from avl_jax import visualize
 from avl_jax.evaluation import gt as gt_lib
 from avl_jax.evaluation import scoring
@@ -32,6 +31,8 @@ from avl_jax.families import tvsl_bank
 from avl_jax.metrics import gt_maps
 from avl_jax.models.tvsl import base as tvsl_base
 from avl_jax.models.tvsl import postprocess as tvsl_postprocess
+from avl_jax.pipeline import data_source
+from avl_jax.pipeline import image_ops
 
 CHOICES = {"bn_mode": tvsl_base.BN_MODES, "audio_scale": tvsl_base.AUDIO_SCALES,
            "pos_interp": tvsl_base.POS_INTERPS, "class_source": tvsl_base.CLASS_SOURCES,
@@ -85,6 +86,9 @@ class TVSLFamily(base.Family):
                        batch["source_class"], train=True, rngs=rngs, mutable=["batch_stats"])
 
   # ---------------------------------------------------------------------------------------------- evaluation
+  def maps_given_classes(self, config: ml_collections.ConfigDict) -> bool:
+    return not self.predicted(config)
+
   def localize(self, config, model, variables, consts, image, waveform, class_ids):
     rows = tvsl_bank.rows_of(consts["class_rows"], class_ids)
     if self.predicted(config):  # the maps of the model's own top-K classes, and which classes those are
@@ -99,7 +103,7 @@ class TVSLFamily(base.Family):
       return base.EvalViews(images=[(batch["image"], None)], frames=batch["image_uint8"])
     # One call maps every source on the [own | partner] canvas, as the official validate_multi.
     canvas = np.concatenate([batch["source_image"][:, 0], batch["source_image"][:, 1]], axis=2)
-    partner = input_pipeline.denormalize_image(batch["source_image"][:, 1], config.dataset.image_norm)
+    partner = image_ops.denormalize_image(batch["source_image"][:, 1], config.dataset.image_norm)
     return base.EvalViews(images=[(canvas, None)], frames=np.concatenate([batch["image_uint8"], partner], axis=2),
                           canvas=True)
 
@@ -153,7 +157,7 @@ class TVSLFamily(base.Family):
     if pred.get("canvas"):  # source s's boxes lie on its half of the canvas
       boxes = gt_lib.boxes_on_canvas(boxes, box_source)
     visualize.heatmap_grid(frames, np.nan_to_num(post["score"]), post["infer"], boxes, box_source, source_class,
-                           path, size=size, class_names=input_pipeline.dataset_class_names(config))
+                           path, size=size, class_names=data_source.dataset_class_names(config))
 
   # ---------------------------------------------------------------------------------------------- localization
   def localize_config(self, config, classes):

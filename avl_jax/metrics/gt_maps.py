@@ -24,7 +24,9 @@ from typing import Sequence
 
 import numpy as np
 
-GT_SIZE = 224
+from avl_jax import resampling
+
+GT_SIZE = resampling.GT_SIZE  # 224: the grid of both official evaluators (shared with the eval pipeline)
 FORMATS = ("flickr", "vggss", "vggsound_single", "vggsound_duet", "music_solo", "music_duet",
            "vgginstruments", "vgginstruments_multi")
 PROTOCOLS = ("official", "standard")
@@ -150,27 +152,11 @@ def boxes_to_gt_map(boxes_norm_xyxy: np.ndarray, size: Sequence[int] = (GT_SIZE,
   return combine_counts(counts, combine).astype(np.float32)
 
 
-def resize_mask_nearest(mask: np.ndarray, size: Sequence[int] = (GT_SIZE, GT_SIZE)) -> np.ndarray:
-  """OpenCV `cv2.resize(mask, (W, H), interpolation=INTER_NEAREST)` of a 2-D mask [h, w] -> [H, W].
-
-  OpenCV's nearest neighbour has no half-pixel offset: src = ⌊dst · (1 / (W / w))⌋ computed in doubles,
-  capped at w - 1 (likewise for rows). Values keep the mask's dtype.
-  """
-  mask = np.asarray(mask)
-  in_h, in_w = mask.shape[:2]
-  out_h, out_w = int(size[0]), int(size[1])
-  inv_x = 1.0 / (out_w / in_w)
-  inv_y = 1.0 / (out_h / in_h)
-  cols = np.minimum(np.floor(np.arange(out_w) * inv_x).astype(np.int64), in_w - 1)
-  rows = np.minimum(np.floor(np.arange(out_h) * inv_y).astype(np.int64), in_h - 1)
-  return mask[rows[:, None], cols[None, :]]
-
-
 def mask_to_gt_map(mask: np.ndarray, protocol: str = "official",
                    size: Sequence[int] = (GT_SIZE, GT_SIZE)) -> np.ndarray:
   """VGG-Instruments `mask2gtmap`: INTER_NEAREST resize; values as stored (official) or > 0 (standard)."""
   _check_protocol(protocol)
-  resized = resize_mask_nearest(mask, size)
+  resized = resampling.resize_mask_nearest(mask, size)
   if protocol == "standard":
     return (resized > 0).astype(np.float64)
   return resized.astype(np.float64)

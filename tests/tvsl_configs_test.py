@@ -236,6 +236,9 @@ def test_canvas_eval_on_a_partner_frame_test_set(bpe_path, tmp_path):
   result = eval_lib.evaluate_split(config, model, state.variables, mesh, str(tmp_path / "work"), 0, "test",
                                    localize_fn, consts=consts)
   assert result["canvas"] and result["num_items"] == 6
+  # Stage 1's class probabilities of the dataset's labels (bank rows -> labels) give the audio mAP.
+  assert pred["class_scores"].shape == (3, 221) and result["audio_classification"]["num_examples"] == 3
+  assert 0.0 <= result["audio_classification"]["map"] <= 1.0
   assert np.isfinite(result["metrics"]["model"]["auc"]) and result["metrics"]["model"]["binarize"] == "fixed"
   with Image.open(tmp_path / "work" / "eval" / "test_0.png") as png:
     assert png.size[0] == 3 * (2 * 224 + 4)  # canvas frame + one panel per source

@@ -177,6 +177,10 @@ def test_predicted_classes_drive_the_maps(tiny_variables, inputs, bank, tokens):
   np.testing.assert_array_equal(classes['class_rows'], expected_rows)
   np.testing.assert_allclose(classes['scores'], np.take_along_axis(probabilities, expected_rows, 1), rtol=1e-6)
   assert maps.shape == (BATCH, 3) + GRID and np.all(classes['valid'])
+  # Every bank row's probability (the evaluation's audio mAP), in both modes.
+  np.testing.assert_allclose(classes['bank_scores'], probabilities, rtol=1e-6)
+  _, oracle = localize(tvsl.TVSL(**TINY), tiny_variables, tokens, bank, class_rows, return_classes=True)
+  np.testing.assert_allclose(oracle['bank_scores'], probabilities, rtol=1e-6)
   oracle_maps = localize(tvsl.TVSL(**TINY), tiny_variables, tokens, bank, classes['class_rows'])
   np.testing.assert_allclose(maps, oracle_maps, atol=1e-6)
   # K from the ground-truth count when top_k is None; a threshold keeps the best class and those above it.
@@ -318,6 +322,11 @@ def test_single_stage_ablation(tiny_variables, inputs, bank, tokens):
   _, oracle_classes = localize(model, variables, tokens, bank, classes['class_rows'], return_classes=True)
   np.testing.assert_allclose(classes['scores'], oracle_classes['scores'], atol=1e-5)
   assert np.all(np.diff(np.asarray(classes['scores']), axis=1) <= 0)
+  # rho of every bank row, whichever rows are mapped: the mapped rows' scores are its columns.
+  assert classes['bank_scores'].shape == (BATCH, len(TRAIN_NAMES))
+  np.testing.assert_allclose(oracle_classes['bank_scores'], classes['bank_scores'], atol=1e-6)
+  np.testing.assert_allclose(np.take_along_axis(np.asarray(classes['bank_scores']), np.asarray(classes['class_rows']),
+                                                1), classes['scores'], atol=1e-5)
 
 
 def test_avgn_on_audioclip_encoders():

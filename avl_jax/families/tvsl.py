@@ -91,12 +91,13 @@ class TVSLFamily(base.Family):
 
   def localize(self, config, model, variables, consts, image, waveform, class_ids):
     rows = tvsl_bank.rows_of(consts["class_rows"], class_ids)
-    if self.predicted(config):  # the maps of the model's own top-K classes, and which classes those are
-      maps, classes = model.apply(variables, image, waveform, consts["text_bank"], rows, train=False,
-                                  return_classes=True, method=model.localize)
-      return {"maps": maps, "pred_rows": classes["class_rows"], "pred_valid": classes["valid"], "gt_rows": rows}
-    return {"maps": model.apply(variables, image, waveform, consts["text_bank"], rows, train=False,
-                                method=model.localize)}
+    maps, classes = model.apply(variables, image, waveform, consts["text_bank"], rows, train=False,
+                                return_classes=True, method=model.localize)
+    # The audio mAP reads every dataset class's score (stage 1's probability; single stage: rho), in label order.
+    out = {"maps": maps, "class_scores": jnp.take(classes["bank_scores"], consts["class_rows"], axis=1)}
+    if self.predicted(config):  # which of the model's own top-K classes the maps show
+      out.update(pred_rows=classes["class_rows"], pred_valid=classes["valid"], gt_rows=rows)
+    return out
 
   def eval_views(self, config, batch, partner_frames):
     if not partner_frames:

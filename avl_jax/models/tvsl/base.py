@@ -264,7 +264,7 @@ class TVSLBase(nn.Module):
     Returns:
       maps [B, K, h, w] (each L2-normalised over the tokens; post-process with `postprocess`); with
       return_classes (maps, {'class_rows' [B, K], 'scores' [B, K] the selection scores of those classes,
-      'valid' [B, K] bool}).
+      'valid' [B, K] bool, 'bank_scores' [B, C] the selection score of every bank row}).
     """
     tokens = self.encode_tokens(canvas, waveform, train=train)
     return self.localize_from_tokens(tokens['image_tokens'], tokens['audio_tokens'], text_bank, class_rows,

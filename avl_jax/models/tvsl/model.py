@@ -139,7 +139,8 @@ class TVSL(base.TVSLBase):
     Args:
       image_tokens: [B, L, D] raw image tokens.
       audio_tokens: [B, J, D] raw audio tokens.
-      text_bank, class_rows, return_classes: as `localize` ('scores': stage 1's probabilities of the classes).
+      text_bank, class_rows, return_classes: as `localize` ('scores': stage 1's probabilities of the classes,
+        'bank_scores': of every bank row).
       grid_hw: (h, w) of the image tokens.
     """
     text_bank = jnp.asarray(text_bank, jnp.float32)
@@ -156,5 +157,5 @@ class TVSL(base.TVSLBase):
       scores = jnp.take_along_axis(probabilities, jnp.maximum(rows, 0), axis=1)
     maps = self.query_maps(adapted, text_bank, rows, grid_hw)
     if return_classes:
-      return maps, {'class_rows': rows, 'scores': scores, 'valid': valid}
+      return maps, {'class_rows': rows, 'scores': scores, 'valid': valid, 'bank_scores': probabilities}
     return maps

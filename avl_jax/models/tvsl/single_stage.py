@@ -69,12 +69,14 @@ class TVSLSingleStage(base.TVSLBase):
                            class_rows: jax.Array | None = None, *, grid_hw: tuple[int, int],
                            return_classes: bool = False):
     """`localize` after the towers (see `TVSL.localize_from_tokens`). 'scores' are the channel scores rho of
-    the mapped classes (with score_threshold, slots with rho below it are invalid, the best one always valid)."""
+    the mapped classes (with score_threshold, slots with rho below it are invalid, the best one always valid),
+    'bank_scores' those of every bank row."""
     text_bank = jnp.asarray(text_bank, jnp.float32)
     adapted = self.adapt_tokens(image_tokens, audio_tokens)
+    bank_scores = self.channel_scores(adapted, text_bank) if return_classes or self.class_source == 'predicted' \
+        else None
     if self.class_source == 'predicted':
-      rows, scores, valid = base.select_top_classes(
-          self.channel_scores(adapted, text_bank), self.num_predicted(class_rows), self.score_threshold)
+      rows, scores, valid = base.select_top_classes(bank_scores, self.num_predicted(class_rows), self.score_threshold)
     else:
       if class_rows is None:
         raise ValueError("class_source='oracle' needs class_rows (the ground-truth classes).")
@@ -86,5 +88,5 @@ class TVSLSingleStage(base.TVSLBase):
       scores = jnp.sum(aud_cls_feat * text, axis=-1)
     maps = self.query_maps(adapted, text_bank, rows, grid_hw)
     if return_classes:
-      return maps, {'class_rows': rows, 'scores': scores, 'valid': valid}
+      return maps, {'class_rows': rows, 'scores': scores, 'valid': valid, 'bank_scores': bank_scores}
     return maps

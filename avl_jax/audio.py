@@ -80,7 +80,7 @@ def power_spectrogram(waveform: jnp.ndarray, sample_rate: float, nperseg: int = 
   return power * doubling
 
 
-def avgn_log_spectrogram(waveform: jnp.ndarray, sample_rate: float) -> jnp.ndarray:
+def log_spectrogram(waveform: jnp.ndarray, sample_rate: float) -> jnp.ndarray:
   """AVGN's model input: log(P + 1e-7) / 12, as an NHWC image (H = frequency, W = time).
 
   Args:

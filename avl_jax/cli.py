@@ -23,6 +23,7 @@ import jax
 import ml_collections
 
 from avl_jax import config_lib
+from avl_jax import families
 
 USAGE_ERROR = 1  # as absl usage errors and the binaries' other bad-flag errors
 
@@ -47,14 +48,11 @@ def _leaf_paths(config: ml_collections.ConfigDict, prefix: str = "") -> list[str
   return paths
 
 
-# Fields that were renamed: a config or a command line with the old name is told the new one.
-RENAMED_FIELDS = {"eval.avgn_duet_gt_bug": "eval.official_duet_gt_bug"}
-
-
 def unknown_field_message(config: ml_collections.ConfigDict, override: str) -> str | None:
   """Why `override` ('a.b.c') names no field of `config`, with close matches; None if it names one."""
-  if override in RENAMED_FIELDS:
-    new = RENAMED_FIELDS[override]
+  renamed = families.renamed_fields()  # a config or a command line with an old name is told the new one
+  if override in renamed:
+    new = renamed[override]
     return f"config.{override} was renamed to config.{new}; use --config.{new}."
   parts = override.split(".")
   node, walked = config, []

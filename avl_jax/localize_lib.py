@@ -27,11 +27,11 @@ from PIL import Image
 from avl_jax import localize_clips
 from avl_jax import localize_model
 from avl_jax import localize_outputs
-from avl_jax.metrics import gt_maps
+from avl_jax import resampling
 from avl_jax.pipeline import data_config
 from avl_jax.pipeline import image_ops
 
-MAP_SIZE = gt_maps.GT_SIZE  # maps are upsampled to 224 x 224 (the evaluation resolution) before peaks are read
+MAP_SIZE = resampling.GT_SIZE  # maps are upsampled to 224 x 224 (the evaluation resolution) before peaks are read
 DEFAULT_TOP_K = 2           # classes mapped per window when neither --top_k nor config.model.top_k is set
 
 LocalizeError = localize_clips.LocalizeError  # what `localize` raises for a bad input, workdir or flag

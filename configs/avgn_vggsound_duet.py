@@ -14,11 +14,11 @@ Evaluate an official PyTorch checkpoint without training:
 Smoke run (synthetic_av/tiny, tiny model, 2 steps; what the test suite runs):
   python -m avl_jax.main --config=configs/avgn_vggsound_duet.py:runlocal,data_dir=/tmp/tfds --workdir=/tmp/avgn_vggsound_duet
 
-Arguments: runlocal (bool), data_dir (str), epochs (float, default 100). Recipe: avl_jax.config_lib.avgn_paper_config.
+Arguments: runlocal (bool), data_dir (str), epochs (float, default 100). Recipe: avl_jax.recipes.avgn.paper_config.
 Paper numbers (AVGN, VGGSound-Duet CAP / CIoU@0.3 / AUC): not verified from the paper PDF.
 """
-from avl_jax import config_lib
+from avl_jax.recipes import avgn as recipe
 
 
 def get_config(arg: str | None = None):
-  return config_lib.avgn_paper_config("vggsound_duet", arg)
+  return recipe.paper_config("vggsound_duet", arg)

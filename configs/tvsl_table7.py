@@ -13,7 +13,7 @@ Smoke run of the whole sweep on synthetic_av/tiny (what the test suite runs):
       --workdir=/tmp/table7
 
 Arguments: model (avgn_audioclip | tvsl_single_stage | tvsl), setting (vggsound_single | vggsound_duet), and those
-of avl_jax.config_lib.tvsl_paper_config (runlocal, data_dir, bpe_path, epochs). Each run uses its model's recipe
+of avl_jax.recipes.tvsl.paper_config (runlocal, data_dir, bpe_path, epochs). Each run uses its model's recipe
 (T-VSL: Adam 0.01 cosine, batch 256, canvas; AVGN: Adam 1e-4 constant, batch 128, one frame), the towers frozen
 and the `official` metric protocol. Columns (avl_jax.sweep.TABLE7_COLUMNS): VGGSound-Single AP = `pixel_ap`,
 IoU@0.5 = `ciou_frac@0.5`; VGGSound-Duet CAP = `pixel_ap` (oracle classes: each source's map is its class's),
@@ -21,6 +21,7 @@ CIoU@0.3 = `ciou_mean` (T-VSL's definition) and `ciou_frac@0.3`.
 Paper numbers: not verified (docs/datasets.md: the supplementary was not available).
 """
 from avl_jax import config_lib
+from avl_jax.recipes import tvsl as recipe
 
 MODELS = ("avgn_audioclip", "tvsl_single_stage", "tvsl")
 SETTINGS = ("vggsound_single", "vggsound_duet")
@@ -33,7 +34,7 @@ def get_config(arg: str | None = None):
     raise ValueError(f"setting={args.setting!r}; expected one of {SETTINGS}.")
   passed = [f"model={args.model}", f"data_dir={args.data_dir}", f"bpe_path={args.bpe_path}",
             f"epochs={args.epochs}"] + (["runlocal"] if args.runlocal else [])
-  return config_lib.tvsl_paper_config(args.setting, ",".join(passed))
+  return recipe.paper_config(args.setting, ",".join(passed))
 
 
 def get_sweep(arg: str | None = None) -> list[tuple[str, str]]:

@@ -18,11 +18,11 @@ Smoke run (synthetic_av/tiny, tiny towers, 2 steps; what the test suite runs):
   python -m avl_jax.main --config=configs/tvsl_vgginstruments_multi.py:runlocal,bpe_path=VOCAB,data_dir=/tmp/tfds --workdir=/tmp/tvsl_vgginstruments_multi
 
 Arguments: runlocal (bool), data_dir, bpe_path (str), epochs (float, default 100), model (tvsl | tvsl_single_stage |
-avgn_audioclip). Recipe: avl_jax.config_lib.tvsl_paper_config.
+avgn_audioclip). Recipe: avl_jax.recipes.tvsl.paper_config.
 Paper numbers: not verified from the paper PDF.
 """
-from avl_jax import config_lib
+from avl_jax.recipes import tvsl as recipe
 
 
 def get_config(arg: str | None = None):
-  return config_lib.tvsl_paper_config("vgginstruments_multi", arg)
+  return recipe.paper_config("vgginstruments_multi", arg)

@@ -18,11 +18,11 @@ Smoke run (synthetic_av/tiny, tiny towers, 2 steps; what the test suite runs):
   python -m avl_jax.main --config=configs/tvsl_vggsound_single.py:runlocal,bpe_path=VOCAB,data_dir=/tmp/tfds --workdir=/tmp/tvsl_vggsound_single
 
 Arguments: runlocal (bool), data_dir, bpe_path (str), epochs (float, default 100), model (tvsl | tvsl_single_stage |
-avgn_audioclip). Recipe: avl_jax.config_lib.tvsl_paper_config.
+avgn_audioclip). Recipe: avl_jax.recipes.tvsl.paper_config.
 Paper numbers: T-VSL VGGSound single-source IoU@0.5 53.7 [secondary source: benchmark aggregator]; AP and AUC not verified.
 """
-from avl_jax import config_lib
+from avl_jax.recipes import tvsl as recipe
 
 
 def get_config(arg: str | None = None):
-  return config_lib.tvsl_paper_config("vggsound_single", arg)
+  return recipe.paper_config("vggsound_single", arg)

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 
 from avl_jax import audio
-from avl_jax import config_lib
 from avl_jax import input_pipeline
 from avl_jax.datasets import fake_raw
 from avl_jax.pipeline import audio_ops
 from avl_jax.pipeline import data_source
 from avl_jax.pipeline import image_ops
+from avl_jax.recipes import avgn as avgn_recipe
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SETTINGS = {"music_solo": ("music", "solo", "frames"), "music_duet": ("music", "duet", "video"),
@@ -36,7 +36,7 @@ def data_dirs(tmp_path_factory) -> dict[str, str]:
 
 
 def _config(setting: str, data_dir: str):
-  config = config_lib.avgn_paper_config(setting, f"data_dir={data_dir}")
+  config = avgn_recipe.paper_config(setting, f"data_dir={data_dir}")
   ds = config.dataset
   ds.image_size, ds.resize_size, ds.audio_seconds, ds.num_workers = IMAGE_SIZE, IMAGE_SIZE + 4, 1.0, 0
   return config
@@ -147,7 +147,7 @@ def test_eval_scores_real_configs_end_to_end(data_dirs, setting, tmp_path):
   from avl_jax import sharding  # pylint: disable=g-import-not-at-top
   from avl_jax import train  # pylint: disable=g-import-not-at-top
   config = _config(setting, data_dirs[setting])
-  config.model.update(config_lib.RUNLOCAL_MODEL)
+  config.model.update(avgn_recipe.RUNLOCAL_MODEL)
   config.eval_batch_size = 8  # one padded batch over the 8 fake devices
   mesh = sharding.create_mesh(config.mesh)
   setup = train.build(config, mesh)

@@ -8,6 +8,7 @@ import pytest
 from avl_jax import config_lib
 from avl_jax import families
 from avl_jax import models
+from avl_jax.recipes import tvsl as tvsl_recipe
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GENERIC_FILES = ("train.py", "eval_lib.py", "evaluate.py", "input_pipeline.py", "checkpointing.py",
@@ -15,7 +16,9 @@ GENERIC_FILES = ("train.py", "eval_lib.py", "evaluate.py", "input_pipeline.py", 
                  "localize.py", "localize_lib.py", "localize_clips.py", "localize_model.py", "localize_outputs.py",
                  "localize_synthetic.py", "resampling.py", "pipeline/__init__.py", "pipeline/data_source.py",
                  "pipeline/data_config.py", "pipeline/image_ops.py", "pipeline/audio_ops.py",
-                 "pipeline/train_transforms.py", "pipeline/global_order.py", "pipeline/eval_transforms.py")
+                 "pipeline/train_transforms.py", "pipeline/global_order.py", "pipeline/eval_transforms.py",
+                 "config_lib.py", "cli.py", "main.py", "sweep.py", "sweep_lib.py", "sharding.py", "param_rules.py",
+                 "audio.py", "visualize.py", "prepare.py", "logs.py", "resolve.py")
 MODEL_WORDS = re.compile(r"avgn|ezvsl|tvsl|t-vsl|audioclip", re.IGNORECASE)
 ALLOWED: dict[str, str] = {}  # file -> a word it may contain (none today)
 
@@ -97,7 +100,7 @@ def test_family_dummy_inputs_initialise_the_model(model_name):
     config = config_lib.load_config(os.path.join(REPO_ROOT, "configs", "synthetic_av.py"),
                                     f"tiny,model={model_name}")
   else:  # the models on the AudioCLIP towers
-    config = config_lib.tvsl_paper_config("vggsound_duet", f"runlocal,model={model_name}")
+    config = tvsl_recipe.paper_config("vggsound_duet", f"runlocal,model={model_name}")
   assert config.model_name == model_name
   family = families.of(config)
   model = family.create_model(config)
@@ -112,7 +115,7 @@ def test_the_class_ablation_runs_for_models_that_map_the_classes_they_are_given(
     config = config_lib.load_config(tiny, f"tiny,model={model_name}")
     assert families.of(config).maps_given_classes(config) is expected
   for model_name in ("tvsl", "avgn_audioclip"):
-    config = config_lib.tvsl_paper_config("vggsound_duet", f"runlocal,model={model_name}")
+    config = tvsl_recipe.paper_config("vggsound_duet", f"runlocal,model={model_name}")
     assert families.of(config).maps_given_classes(config)
     config.model.class_source = "predicted"  # the model's own classes: nothing to swap
     assert not families.of(config).maps_given_classes(config)
@@ -157,3 +160,23 @@ def test_localize_methods_of_a_class_and_a_class_agnostic_model(model_name, tmp_
   display, values = family.localize_postprocess(config, raw, (224, 224))
   assert display.shape == values.shape == (2, 224, 224) and 0 <= display.min() and display.max() <= 1
   assert set(family.localize_fields(config)) == {"kind", "peak_value"}
+
+
+def test_families_own_their_config_fields():
+  """base_config holds every family's fields (config.text, config.eval.tvsl_*) and the default model's block;
+  two families defining one field is an error, not a silent overwrite."""
+  config = config_lib.base_config()
+  for family in families.FAMILIES:
+    for group, fields in family.config_fields().items():
+      assert set(fields) <= set(config[group]), (family.name, group)
+  assert config.model_name == families.DEFAULT_MODEL
+  assert config.model.to_dict() == families.get(families.DEFAULT_MODEL).default_model_config().to_dict()
+  assert families.renamed_fields()["eval.avgn_duet_gt_bug"] == "eval.official_duet_gt_bug"
+  clash = type("Clash", (families.Family,), {"name": "clash", "config_fields": lambda self: {"eval": {"protocol": 1}}})
+  original = families.FAMILIES
+  families.FAMILIES = original + (clash(),)
+  try:
+    with pytest.raises(ValueError, match="config.eval.protocol: defined twice"):
+      config_lib.base_config()
+  finally:
+    families.FAMILIES = original

@@ -425,7 +425,7 @@ def test_waveform_front_end(name):
     fields = {k: v for k, v in fields.items() if k in ('resnet_width', 'resnet_blocks', 'dim')}
   batch = _batch()
   waveform = np.random.default_rng(3).uniform(-1, 1, (BATCH, 4000)).astype(np.float32)
-  spec = audio.avgn_log_spectrogram(waveform, 8000.0)
+  spec = audio.log_spectrogram(waveform, 8000.0)
   on_waveform = models.get_model(name, num_classes=NUM_CLASSES, sample_rate=8000.0, **fields)
   on_spec = models.get_model(name, num_classes=NUM_CLASSES, audio_input='spectrogram', **fields)
   variables = jax.jit(lambda key: on_spec.init(key, batch['image'], spec, batch['visual_class'],

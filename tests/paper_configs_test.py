@@ -10,9 +10,11 @@ from avl_jax import config_lib
 from avl_jax import resolve
 from avl_jax import train
 from avl_jax.pipeline import data_source
+from avl_jax.recipes import avgn as avgn_recipe
+from avl_jax.recipes import tvsl as tvsl_recipe
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SETTINGS = sorted(config_lib.PAPER_SETTINGS)
+SETTINGS = sorted(avgn_recipe.SETTINGS)
 
 
 def load_config(name: str, arg: str = ""):
@@ -30,7 +32,7 @@ def test_every_setting_has_a_config_file():
 @pytest.mark.parametrize("name", SETTINGS)
 def test_paper_recipe(name):
   config = load_config(name)
-  paper = config_lib.PAPER_SETTINGS[name]
+  paper = avgn_recipe.SETTINGS[name]
   assert config.dataset.name == paper["dataset"] and config.dataset.num_classes == paper["num_classes"]
   assert config.dataset.mix == paper["mix"]
   assert (config.model.resnet_width, tuple(config.model.resnet_blocks), config.model.dim) == (64, (2, 2, 2, 2), 512)
@@ -58,7 +60,7 @@ def test_num_epochs_sets_the_step_count(tiny_config):
 def test_runlocal_trains_and_evaluates(name, tiny_data_dir, tmp_path):
   config = load_config(name, f"runlocal,data_dir={tiny_data_dir}")
   results = train.train_and_evaluate(config, str(tmp_path))
-  split = "test_duet" if config_lib.PAPER_SETTINGS[name]["mix"] else "test_single"
+  split = "test_duet" if avgn_recipe.SETTINGS[name]["mix"] else "test_single"
   assert set(results) == {split}
   metrics = results[split]["metrics"]["model"]
   assert np.isfinite(metrics["ciou_mean"]) and 0.0 <= metrics["auc"] <= 1.0
@@ -86,8 +88,8 @@ def _max_test_boxes(dataset: str) -> int:
 
 def test_max_boxes_fits_every_official_test_example():
   """A real test set never overflows the padded boxes (the VGG-SS duet pairs carry up to 11)."""
-  configs = [config_lib.avgn_paper_config(name, None) for name in config_lib.PAPER_SETTINGS]
-  configs += [config_lib.tvsl_paper_config(name, None) for name in config_lib.TVSL_SETTINGS]
+  configs = [avgn_recipe.paper_config(name, None) for name in avgn_recipe.SETTINGS]
+  configs += [tvsl_recipe.paper_config(name, None) for name in tvsl_recipe.SETTINGS]
   bounds = {}
   for config in configs:
     name = config.dataset.name

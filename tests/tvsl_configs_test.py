@@ -22,9 +22,10 @@ from avl_jax.models.tvsl import text_bank as text_bank_lib
 from avl_jax.pipeline import data_config
 from avl_jax.pipeline import data_source
 from avl_jax.pipeline import image_ops
+from avl_jax.recipes import tvsl as tvsl_recipe
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SETTINGS = sorted(config_lib.TVSL_SETTINGS)
+SETTINGS = sorted(tvsl_recipe.SETTINGS)
 
 
 def load_module(name: str):
@@ -48,7 +49,7 @@ def test_every_setting_has_a_config_file():
 @pytest.mark.parametrize("name", SETTINGS)
 def test_paper_recipe(name):
   config = load_module(name).get_config("")
-  paper = config_lib.TVSL_SETTINGS[name]
+  paper = tvsl_recipe.SETTINGS[name]
   assert config.model_name == "tvsl" and config.dataset.name == paper["dataset"]
   assert config.dataset.name.endswith("_44k") and config.dataset.sample_rate == 44100
   assert (config.dataset.audio_seconds, config.dataset.image_size, config.dataset.resize_size) == (5.0, 224, 246)
@@ -68,25 +69,25 @@ def test_paper_recipe(name):
 
 
 def test_model_variants_and_bad_switches():
-  single = config_lib.tvsl_paper_config("vggsound_duet", "model=tvsl_single_stage")
+  single = tvsl_recipe.paper_config("vggsound_duet", "model=tvsl_single_stage")
   assert single.model_name == "tvsl_single_stage" and single.dataset.canvas
-  avgn = config_lib.tvsl_paper_config("vggsound_duet", "model=avgn_audioclip")
+  avgn = tvsl_recipe.paper_config("vggsound_duet", "model=avgn_audioclip")
   assert avgn.model_name == "avgn_audioclip" and not avgn.dataset.canvas and avgn.dataset.image_norm == "clip"
   assert (avgn.optimizer.learning_rate, avgn.batch_size) == (1e-4, 128)
-  config = config_lib.tvsl_paper_config("vggsound_duet", "")
+  config = tvsl_recipe.paper_config("vggsound_duet", "")
   config.model.dtype = "bfloat16"  # the bf16 option of the frozen towers
   assert families.of(config).create_model(config).dtype == jax.numpy.bfloat16
   config.model.bn_mode = "frozne"
   with pytest.raises(ValueError, match="bn_mode"):
     families.of(config).create_model(config)
-  config = config_lib.tvsl_paper_config("vggsound_duet", "")
+  config = tvsl_recipe.paper_config("vggsound_duet", "")
   config.dataset.image_norm = "imagenet"
   with pytest.raises(ValueError, match="image_norm"):
     families.of(config).create_model(config)
 
 
 def test_cosine_tvsl_schedule_is_the_official_formula():
-  config = config_lib.tvsl_paper_config("vggsound_duet", "")
+  config = tvsl_recipe.paper_config("vggsound_duet", "")
   config.num_train_steps = 1000  # 10 steps per epoch over 100 epochs
   schedule = optimizers.learning_rate_schedule(config)
   for step in (0, 5, 10, 500, 999):
@@ -101,7 +102,7 @@ def test_cosine_tvsl_schedule_is_the_official_formula():
 def test_vggss_text_bank_order_and_label_rows():
   """The bank is sorted display names; dataset labels (sorted underscore names) map to rows, and differ exactly
   at VGG-SS's 29/30 (the official label_order quirk)."""
-  config = config_lib.tvsl_paper_config("vggsound_duet", "")
+  config = tvsl_recipe.paper_config("vggsound_duet", "")
   names, rows = tvsl_bank.bank_names(config)
   assert len(names) == 221 and names == sorted(names)
   labels = tvsl_bank.dataset_class_names(config)
@@ -118,13 +119,13 @@ def test_vggss_text_bank_order_and_label_rows():
 
 
 def test_missing_bpe_vocabulary_is_a_clear_error(tiny_data_dir):
-  config = config_lib.tvsl_paper_config("vggsound_duet", f"runlocal,data_dir={tiny_data_dir}")
+  config = tvsl_recipe.paper_config("vggsound_duet", f"runlocal,data_dir={tiny_data_dir}")
   with pytest.raises(FileNotFoundError, match="bpe_simple_vocab_16e6"):
     tvsl_bank.tokenizer(config)
 
 
 def test_canvas_training_batches(tiny_data_dir, bpe_path):
-  config = config_lib.tvsl_paper_config("vggsound_duet", f"runlocal,data_dir={tiny_data_dir},bpe_path={bpe_path}")
+  config = tvsl_recipe.paper_config("vggsound_duet", f"runlocal,data_dir={tiny_data_dir},bpe_path={bpe_path}")
   size = config.dataset.image_size
   batch = next(iter(input_pipeline.create_train_dataset(config, 4, seed=0)))
   assert batch["image"].shape == (4, size, 2 * size, 3)
@@ -147,7 +148,7 @@ def test_canvas_training_batches(tiny_data_dir, bpe_path):
 def test_canvas_scoring_places_gt_on_its_half():
   """docs/metrics.md T10: a map that is hot exactly on source 0's box of the left frame scores cIoU 1 on the
   canvas; the same map for source 1 (whose GT lies on the right half) scores 0."""
-  config = config_lib.tvsl_paper_config("vggsound_duet", "")
+  config = tvsl_recipe.paper_config("vggsound_duet", "")
   gt = np.zeros((2, 224, 224), np.float32)
   gt[:, :112, :112] = 1
   raw = np.zeros((2, 224, 448), np.float32)
@@ -183,7 +184,7 @@ def _check_run(results, split, workdir):
 def test_runlocal_trains_and_evaluates(name, tiny_data_dir, bpe_path, tmp_path):
   config = load_module(name).get_config(f"runlocal,data_dir={tiny_data_dir},bpe_path={bpe_path}")
   results = train.train_and_evaluate(config, str(tmp_path))
-  split = "test_duet" if config_lib.TVSL_SETTINGS[name]["max_sources"] == 2 else "test_single"
+  split = "test_duet" if tvsl_recipe.SETTINGS[name]["max_sources"] == 2 else "test_single"
   assert set(results) == {split}
   saved = _check_run(results, split, str(tmp_path))
   assert saved["map_range"] == "tvsl_inverted_minmax" and not saved["canvas"]
@@ -211,7 +212,7 @@ def test_canvas_eval_on_a_partner_frame_test_set(bpe_path, tmp_path):
   from avl_jax.datasets import fake_raw  # pylint: disable=g-import-not-at-top
   tree = fake_raw.make_tree("vggsound", "duet_44k", str(tmp_path / "raw"), "frames")
   fake_raw.build("vggsound/duet_44k", tree.root, str(tmp_path / "tfds"), {"splits": ("test",)})
-  config = config_lib.tvsl_paper_config("vggsound_duet", f"runlocal,bpe_path={bpe_path}")
+  config = tvsl_recipe.paper_config("vggsound_duet", f"runlocal,bpe_path={bpe_path}")
   ds = config.dataset
   ds.name, ds.data_dir, ds.num_classes, ds.sample_rate = "vggsound/duet_44k", str(tmp_path / "tfds"), 221, 44100
   ds.eval_splits = ("test",)
@@ -261,7 +262,7 @@ def test_predicted_classes_are_matched_to_gt_sources():
   """class_source='predicted': each GT source gets the distinct valid predicted map with the best pixel AP; a
   source left without a valid map is reported as unmatched; class recall counts GT classes among the valid
   predictions."""
-  config = config_lib.tvsl_paper_config("vggsound_duet", "")
+  config = tvsl_recipe.paper_config("vggsound_duet", "")
   config.model.class_source = "predicted"
   raw = np.zeros((2, 3, 7, 7), np.float32)
   raw[:, 0, :3, :3] = -1.0  # (inverted) map 0 is hot top-left

@@ -27,7 +27,7 @@ def make_data(num_maps: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.
   rng = np.random.default_rng(seed)
   raw = (10 * rng.standard_normal((num_maps, 7, 7))).astype(np.float32)
   nbox = rng.integers(1, 3, num_maps)
-  size = gt_maps.GT_SIZE
+  size = resampling.GT_SIZE
   gt = np.zeros((num_maps, size, size), np.float32)
   coords = np.arange(size)
   for b in range(2):
@@ -61,7 +61,7 @@ def reference_scores(raw: np.ndarray, gt: np.ndarray, tau: float = postprocess.O
   """Naive per-map loop: ciou, piap_official, pixel_ap and conf for each map."""
   out = {k: np.zeros(len(raw)) for k in ("ciou", "piap_official", "pixel_ap", "conf")}
   for n in range(len(raw)):
-    upsampled = resampling.upsample_bicubic(raw[n], (gt_maps.GT_SIZE, gt_maps.GT_SIZE))
+    upsampled = resampling.upsample_bicubic(raw[n], (resampling.GT_SIZE, resampling.GT_SIZE))
     scores = (upsampled - np.float32(-1 / tau)) / np.float32(2 / tau)
     pred = (scores - scores.min()) / (scores.max() - scores.min())
     out["conf"][n] = np.sort(scores.reshape(-1))[-(scores.size // 4):].mean()
@@ -88,7 +88,7 @@ def main() -> None:
 
   t0 = time.perf_counter()
   raw, gt, nbox = make_data(num_maps)
-  print(f"data: {num_maps} maps (7x7 -> {gt_maps.GT_SIZE}x{gt_maps.GT_SIZE}), "
+  print(f"data: {num_maps} maps (7x7 -> {resampling.GT_SIZE}x{resampling.GT_SIZE}), "
         f"generated in {time.perf_counter() - t0:.1f} s; cpu_count={os.cpu_count()}")
 
   load_before = os.getloadavg()[0]

@@ -10,6 +10,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
+from avl_jax import resampling
 from avl_jax import sharding
 from avl_jax.metrics import gt_maps
 from avl_jax.pipeline import data_source
@@ -62,7 +63,7 @@ def item_gt_map(pred: dict[str, Any], i: int, s: int, protocol: str) -> tuple[np
   gt_format = pred.get("gt_format", "")
   in_source = pred["box_source"][i] == s
   nbox = int(in_source.sum())
-  size = (gt_maps.GT_SIZE, gt_maps.GT_SIZE)
+  size = (resampling.GT_SIZE, resampling.GT_SIZE)
   if "gt_mask" in pred and gt_format.startswith("vgginstruments"):
     mask = np.asarray(pred["gt_mask"][i, s], np.float64)
     has = bool(pred["has_gt_mask"][i, s]) if "has_gt_mask" in pred else True
@@ -124,5 +125,5 @@ def source_items(pred: dict[str, Any], protocol: str = "official"
     gt, count = item_gt_map(pred, i, s, protocol)
     gts.append(gt)
     nbox.append(count)
-  gt = np.stack(gts) if gts else np.zeros((0, gt_maps.GT_SIZE, gt_maps.GT_SIZE), np.float32)
+  gt = np.stack(gts) if gts else np.zeros((0, resampling.GT_SIZE, resampling.GT_SIZE), np.float32)
   return example_idx, source_idx, gt, np.asarray(nbox, np.int64)

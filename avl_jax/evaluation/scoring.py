@@ -11,8 +11,8 @@ import itertools
 import jax
 import numpy as np
 
+from avl_jax import resampling
 from avl_jax import sharding
-from avl_jax.metrics import gt_maps
 from avl_jax.metrics import localization
 from avl_jax.metrics import ranking
 
@@ -84,7 +84,7 @@ def score_items(raw_maps: np.ndarray, gt: np.ndarray, nbox: np.ndarray, *, proto
 
 
 def item_table(ids: list[str], source: np.ndarray, class_id: np.ndarray, per_items: dict[str, dict[str, np.ndarray]],
-               num_pixels: int = gt_maps.GT_SIZE * gt_maps.GT_SIZE) -> dict[str, list]:
+               num_pixels: int = resampling.GT_SIZE * resampling.GT_SIZE) -> dict[str, list]:
   """Columns of the per-item CSV (CSV_COLUMNS, then `{method}_ciou`, `{method}_ap` of each ablation and
   baseline scored), one entry per item.
 

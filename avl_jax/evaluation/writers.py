@@ -10,8 +10,9 @@ from typing import Any
 
 import numpy as np
 
+from avl_jax import resampling
 from avl_jax import visualize
-from avl_jax.metrics import gt_maps
+from avl_jax.evaluation import scoring
 from avl_jax.metrics import postprocess
 from avl_jax.pipeline import data_source
 
@@ -127,13 +128,13 @@ def write_heatmaps(path: str, frames: np.ndarray, raw_maps: np.ndarray, boxes: n
   if n == 0:
     return
   maps = np.where((source_class >= 0)[..., None, None], raw_maps, 0).astype(np.float32)
-  upsampled = postprocess.upsample_to(maps.reshape(-1, *maps.shape[2:]), (gt_maps.GT_SIZE, gt_maps.GT_SIZE))
+  upsampled = postprocess.upsample_to(maps.reshape(-1, *maps.shape[2:]), (resampling.GT_SIZE, resampling.GT_SIZE))
   pred = postprocess.minmax_normalize(postprocess.map_scores(upsampled, "logits", tau))
   thr, _ = postprocess.median_threshold(pred)
-  heat = pred.reshape(n, num_sources, gt_maps.GT_SIZE, gt_maps.GT_SIZE)
-  infer = (pred >= thr[:, None, None]).reshape(n, num_sources, gt_maps.GT_SIZE, gt_maps.GT_SIZE)
+  heat = pred.reshape(n, num_sources, resampling.GT_SIZE, resampling.GT_SIZE)
+  infer = (pred >= thr[:, None, None]).reshape(n, num_sources, resampling.GT_SIZE, resampling.GT_SIZE)
   visualize.heatmap_grid(frames[:n], heat, infer, boxes, box_source, source_class, path, class_names=class_names,
-                         size=gt_maps.GT_SIZE, every_box_on_every_panel=every_box_on_every_panel)
+                         size=resampling.GT_SIZE, every_box_on_every_panel=every_box_on_every_panel)
 
 
 def prediction_arrays(pred: dict[str, np.ndarray], tau: float, step: int | None = None) -> dict[str, Any]:
@@ -206,7 +207,7 @@ def format_comparison(results: list[dict[str, Any]], keys=TABLE_KEYS) -> str:
   for result in results:
     source = result.get("class_source")
     for method, summary in result["metrics"].items():
-      if method in ("center_prior", "random"):
+      if method in scoring.BASELINES:
         baselines.setdefault(method, summary)
       else:
         row(f"{method} ({source} classes)" if source else method, summary)

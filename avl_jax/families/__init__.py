@@ -13,6 +13,24 @@ from avl_jax.families import tvsl
 Family = base.Family
 FAMILIES: tuple[base.Family, ...] = (avgn.FAMILY, tvsl.FAMILY)
 BY_MODEL: dict[str, base.Family] = {name: family for family in FAMILIES for name in family.model_names}
+DEFAULT_MODEL = "avgn"  # config.model_name of `config_lib.base_config`
+
+
+def renamed_fields() -> dict[str, str]:
+  """{old field path: new path} of every family's `renamed_fields` (fields renamed since a release)."""
+  return {old: new for family in FAMILIES for old, new in family.renamed_fields().items()}
+
+
+def add_config_fields(config: ml_collections.ConfigDict) -> None:
+  """Adds every family's `config_fields` to `config` (in place; a clash between families is an error)."""
+  for family in FAMILIES:
+    for group, fields in family.config_fields().items():
+      if group not in config:
+        config[group] = ml_collections.ConfigDict()
+      for name, value in fields.items():
+        if name in config[group]:
+          raise ValueError(f"config.{group}.{name}: defined twice (family {family.name!r} and another).")
+        config[group][name] = value
 
 
 def get(model_name: str) -> base.Family:

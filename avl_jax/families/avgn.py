@@ -36,6 +36,31 @@ class AVGNFamily(base.Family):
   name = "avgn"
   model_names = tuple(IMAGE_NORM)
 
+  def default_model_config(self) -> ml_collections.ConfigDict:
+    """config.model of every config (`config_lib.base_config`): AVGN at paper scale (docs/avgn.md §9)."""
+    return ml_collections.ConfigDict(dict(
+        resnet_width=64,           # ResNet-18 base width (64 in the paper); both encoders
+        resnet_blocks=(2, 2, 2, 2),
+        dim=512,                   # token width D
+        depth_vis=3, depth_aud=3,  # AttnBlocks per ModalityTrans
+        num_heads=8,
+        mlp_ratio=4.0,
+        drop_path=0.1,
+        tau=postprocess.OFFICIAL_TAU,  # contrastive temperature (also the fixed-range map normalisation)
+        attn_assign="soft",        # 'soft' (paper README) | 'hard' (Gumbel straight-through)
+        # Official-behaviour switches (docs/avgn.md §2.3, §8). The official DDP run used per-GPU negatives and
+        # per-GPU BatchNorm statistics; 1 = the whole global batch (our default, device-count independent),
+        # k = split the global batch into k groups, e.g. the official run's GPU count.
+        loss_groups=1,             # contrastive negatives per group of the batch
+        bn_groups=1,               # BatchNorm batch statistics per group of the batch (1 = SyncBN)
+        dtype="float32",           # compute dtype: 'bfloat16' keeps params, BatchNorm statistics, softmaxes,
+                                   # the audio front end, losses and maps in float32
+        remat=False,               # rematerialise ResNet / attention / grouping blocks in the backward pass
+    ))
+
+  def renamed_fields(self):
+    return {"eval.avgn_duet_gt_bug": "eval.official_duet_gt_bug"}
+
   def check_config(self, config: ml_collections.ConfigDict) -> None:
     norm = IMAGE_NORM[config.model_name]
     if norm and config.dataset.image_norm != norm:

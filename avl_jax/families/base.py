@@ -84,6 +84,20 @@ class Family:
   model_names: tuple[str, ...] = ()
   supports_prediction_files: bool = True  # `--save_predictions` (the predictions-file schema)
 
+  # ---------------------------------------------------------------------------------------------- config
+  def config_fields(self) -> dict[str, dict[str, Any]]:
+    """{group: {field: default}} this family adds to every config (`config_lib.base_config`), documented where
+    they are written; `group` may be a new one (e.g. 'text'). Field names must not clash across families."""
+    return {}
+
+  def renamed_fields(self) -> dict[str, str]:
+    """{old: new} config field paths ('eval.x') this family renamed: the binaries name the new one."""
+    return {}
+
+  def default_model_config(self) -> ml_collections.ConfigDict:
+    """config.model of `base_config` when this family holds `families.DEFAULT_MODEL`."""
+    raise NotImplementedError
+
   # ---------------------------------------------------------------------------------------------- model
   def check_config(self, config: ml_collections.ConfigDict) -> None:
     """Raises a ValueError naming the field for settings this family cannot run (called before any work)."""

@@ -26,14 +26,15 @@ import numpy as np
 
 from avl_jax import resampling
 
-GT_SIZE = resampling.GT_SIZE  # 224: the grid of both official evaluators (shared with the eval pipeline)
+_GT_HW = (resampling.GT_SIZE, resampling.GT_SIZE)  # (H, W) of the GT grid of both official evaluators
+
 FORMATS = ("flickr", "vggss", "vggsound_single", "vggsound_duet", "music_solo", "music_duet",
            "vgginstruments", "vgginstruments_multi")
 PROTOCOLS = ("official", "standard")
 COMBINES = ("binarize", "sum", "flickr")
 
 
-def normalized_to_pixels(boxes: np.ndarray, size: Sequence[int] = (GT_SIZE, GT_SIZE)) -> np.ndarray:
+def normalized_to_pixels(boxes: np.ndarray, size: Sequence[int] = _GT_HW) -> np.ndarray:
   """Official conversion of normalised xyxy boxes [..., 4] to int64 pixels: ⌊S·clip(v, 0, 1)⌋.
 
   x coordinates are scaled by the width size[1], y by the height size[0]. Computed in float64 like
@@ -47,11 +48,11 @@ def normalized_to_pixels(boxes: np.ndarray, size: Sequence[int] = (GT_SIZE, GT_S
 def flickr_pixels(boxes_256: np.ndarray) -> np.ndarray:
   """Flickr-SoundNet XML boxes on the 256x256 grid -> 224 pixels: int(224 * v / 256) per coordinate."""
   boxes_256 = np.asarray(boxes_256, np.int64)
-  return (GT_SIZE * boxes_256 / 256).astype(np.int64)
+  return (resampling.GT_SIZE * boxes_256 / 256).astype(np.int64)
 
 
 def music_pixels(boxes_xywh: np.ndarray, protocol: str = "standard",
-                 size: Sequence[int] = (GT_SIZE, GT_SIZE)) -> np.ndarray:
+                 size: Sequence[int] = _GT_HW) -> np.ndarray:
   """MUSIC normalised [x, y, w, h] boxes [..., 4] -> int64 pixel xyxy.
 
   `official` reproduces the AVGN bug: the four numbers are read as [x1, y1, x2, y2] (often an empty box).
@@ -69,7 +70,7 @@ def music_pixels(boxes_xywh: np.ndarray, protocol: str = "standard",
   return np.clip(pixels, 0, limits).astype(np.int64)
 
 
-def box_counts(pixel_boxes: np.ndarray, size: Sequence[int] = (GT_SIZE, GT_SIZE)) -> np.ndarray:
+def box_counts(pixel_boxes: np.ndarray, size: Sequence[int] = _GT_HW) -> np.ndarray:
   """Number of boxes covering each pixel: [..., NB, 4] int xyxy -> [..., H, W] float64.
 
   Equals the official per-box `temp[y1:y2, x1:x2] = 1` summed over boxes, for coordinates in [0, size]
@@ -123,7 +124,7 @@ def combine_rule(gt_format: str, protocol: str = "official") -> str:
 
 
 def pixel_boxes_to_gt_map(pixel_boxes: np.ndarray, gt_format: str, protocol: str = "official",
-                          size: Sequence[int] = (GT_SIZE, GT_SIZE)) -> np.ndarray:
+                          size: Sequence[int] = _GT_HW) -> np.ndarray:
   """`bbox2gtmap`: int pixel xyxy boxes [..., NB, 4] (as the official loaders give them) -> [..., H, W].
 
   MUSIC boxes must already be converted with `music_pixels` (that is where the xywh/xyxy protocols differ).
@@ -131,7 +132,7 @@ def pixel_boxes_to_gt_map(pixel_boxes: np.ndarray, gt_format: str, protocol: str
   return combine_counts(box_counts(pixel_boxes, size), combine_rule(gt_format, protocol))
 
 
-def boxes_to_gt_map(boxes_norm_xyxy: np.ndarray, size: Sequence[int] = (GT_SIZE, GT_SIZE),
+def boxes_to_gt_map(boxes_norm_xyxy: np.ndarray, size: Sequence[int] = _GT_HW,
                     combine: str = "binarize") -> np.ndarray:
   """GT map of one source from normalised xyxy boxes (our datasets' storage format).
 
@@ -153,7 +154,7 @@ def boxes_to_gt_map(boxes_norm_xyxy: np.ndarray, size: Sequence[int] = (GT_SIZE,
 
 
 def mask_to_gt_map(mask: np.ndarray, protocol: str = "official",
-                   size: Sequence[int] = (GT_SIZE, GT_SIZE)) -> np.ndarray:
+                   size: Sequence[int] = _GT_HW) -> np.ndarray:
   """VGG-Instruments `mask2gtmap`: INTER_NEAREST resize; values as stored (official) or > 0 (standard)."""
   _check_protocol(protocol)
   resized = resampling.resize_mask_nearest(mask, size)

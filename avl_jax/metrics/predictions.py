@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from avl_jax import resampling
 from avl_jax.metrics import gt_maps
 from avl_jax.metrics import postprocess
 
@@ -283,7 +284,7 @@ def load(path: str, protocol: str = "official", map_range: str | None = None,
 
   if ("gt_maps" in data) == ("boxes" in data):
     raise PredictionsError("Give exactly one of `gt_maps` [N, S, H, W] and `boxes` [N, S, NB, 4].")
-  size = (gt_maps.GT_SIZE, gt_maps.GT_SIZE)
+  size = (resampling.GT_SIZE, resampling.GT_SIZE)
   if "gt_maps" in data:
     for key in ("box_format", "box_combine"):
       if key in data:

@@ -6,7 +6,7 @@ T frames, D token width.
 Both encoders follow docs/avgn.md §2: an ImageNet ResNet-18 whose 7x7 map goes through a 1x1 conv
 (`img_proj`) and a channel L2 norm, and a 1-channel ResNet-18 on the spectrogram with a global max pool, a
 Linear (`aud_proj`) and an L2 norm. The models take the waveform: the log spectrogram (`audio.
-avgn_log_spectrogram`, the official scipy front end) is computed inside, on the accelerator, unless
+log_spectrogram`, the official scipy front end) is computed inside, on the accelerator, unless
 `audio_input='spectrogram'` says the caller passes it (the official code's precomputed input, parity tests).
 Names mirror the official state dict (`imgnet`, `audnet`, `img_proj`, `aud_proj`).
 """
@@ -111,7 +111,7 @@ class DualEncoder(nn.Module):
       return audio
     if audio.ndim != 2:
       raise ValueError(f'audio_input=\'waveform\' expects a waveform [B, N]; got shape {audio.shape}.')
-    return audio_lib.avgn_log_spectrogram(audio.astype(jnp.float32), self.sample_rate)
+    return audio_lib.log_spectrogram(audio.astype(jnp.float32), self.sample_rate)
 
   def setup_encoders(self) -> None:
     """Creates `imgnet`, `audnet`, `img_proj`, `aud_proj` with the init of docs/avgn.md §5."""

@@ -11,7 +11,6 @@ import types
 import ml_collections
 
 
-
 def load_module(path: str) -> types.ModuleType:
   """Imports a config file (configs/*.py) by path, as `config_flags.DEFINE_config_file` does."""
   if not os.path.exists(path):
